@@ -1,0 +1,53 @@
+# ssdet: the two quick-start commands are `make mini` (the main job on the mini world) and
+# `make test`. Both create the virtual environment on first use (`make setup`), idempotently:
+# a second `make setup` is a no-op unless requirements.txt or setup.py changed.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The stamp file records that the environment matches requirements.txt and setup.py.
+STAMP := $(VENV)/.ssdet-installed
+MINI_CONFIG ?= configs/mini/retinanet_R18_FPN_S1_supervised.yaml
+DETECTRON2_DATASETS ?= datasets
+export DETECTRON2_DATASETS
+
+.PHONY: setup mini test lint format bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@# Detectron2 is not on the registry under its own name. Keep an existing install (e.g. an
+	@# upstream source build); otherwise use the registry build sal-detectron2 (see STACK.md),
+	@# whose cp310-tagged wheel needs pip's cross-target mode on newer Pythons.
+	@$(PY) -c "import detectron2" 2>/dev/null || $(PY) -m pip install -q \
+		--disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.10 \
+		--target "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+		sal-detectron2==0.7.2
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+# The main job: generate the mini world if absent, train the supervised teacher, evaluate it and
+# print the AP table.
+mini: setup
+	$(PY) datasets/prepare_mini_world.py
+	$(PY) tools/train_net.py --config $(MINI_CONFIG)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+# Speed measurements, written as JSON under benchmarks/results/.
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)
