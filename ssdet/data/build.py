@@ -1,0 +1,77 @@
+"""Building the labeled training set and checking datasets against the config."""
+
+import logging
+import os
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.build import filter_images_with_only_crowd_annotations
+from detectron2.utils import comm
+
+from ssdet.data.subsets import split_labeled
+from ssdet.utils.errors import InputError
+from ssdet.utils.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+def num_classes(cfg: CfgNode) -> int:
+    """The detector's class count, wherever its meta-architecture keeps it."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return cfg.MODEL.RETINANET.NUM_CLASSES
+    return cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
+def check_registered(names: list[str] | tuple[str, ...]) -> None:
+    """Raise :class:`InputError` listing the available datasets when a name is not registered."""
+    available = DatasetCatalog.list()
+    for name in names:
+        if name not in available:
+            raise InputError(
+                f"Unknown dataset {name!r}. Registered datasets: {', '.join(sorted(available))}. "
+                f"Register custom data with ssdet.data.register_coco_dataset()."
+            )
+
+
+def check_num_classes(cfg: CfgNode, name: str) -> None:
+    """Raise :class:`InputError` when the dataset's class count differs from the model's."""
+    classes = MetadataCatalog.get(name).get("thing_classes")
+    if classes is not None and len(classes) != num_classes(cfg):
+        key = (
+            "MODEL.RETINANET.NUM_CLASSES"
+            if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+            else "MODEL.ROI_HEADS.NUM_CLASSES"
+        )
+        raise InputError(
+            f"Dataset {name!r} has {len(classes)} classes but {key} is {num_classes(cfg)}. "
+            f"Set {key} {len(classes)} (or use a dataset with {num_classes(cfg)} classes)."
+        )
+
+
+def get_labeled_dataset_dicts(cfg: CfgNode) -> list[dict]:
+    """The labeled training set: ``DATASETS.TRAIN``, each cut to ``SSDET.DATA.LABELED_FRACTION``.
+
+    The chosen image ids are written to ``OUTPUT_DIR/labeled_subset.json`` by the main process,
+    so every run records exactly which images it was trained on.
+    """
+    fraction, seed = cfg.SSDET.DATA.LABELED_FRACTION, cfg.SSDET.DATA.SUBSET_SEED
+    check_registered(cfg.DATASETS.TRAIN)
+    dicts: list[dict] = []
+    record = {"fraction": fraction, "seed": seed, "datasets": {}}
+    for name in cfg.DATASETS.TRAIN:
+        full = DatasetCatalog.get(name)
+        check_num_classes(cfg, name)
+        labeled, _ = split_labeled(full, fraction, seed)
+        logger.info(f"Labeled subset of {name}: {len(labeled)} of {len(full)} images")
+        record["datasets"][name] = {
+            "num_images": len(full),
+            "image_ids": sorted(d["image_id"] for d in labeled),
+        }
+        dicts.extend(labeled)
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        dicts = filter_images_with_only_crowd_annotations(dicts, cfg.DATASETS.TRAIN)
+    if not dicts:
+        raise InputError(f"No training images with annotations in {cfg.DATASETS.TRAIN}")
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "labeled_subset.json"), record, indent=None)
+    return dicts

@@ -1,0 +1,115 @@
+"""Dataset registration: COCO-format detection sets, the mini world, and ImageNet-layout folders.
+
+COCO 2017 itself is registered by Detectron2 (``coco_2017_train``, ``coco_2017_val``, ... under
+``$DETECTRON2_DATASETS/coco``); ssdet adds, under the same root:
+
+- ``mini_coco_train`` / ``mini_coco_val``: the generated mini-COCO (``mini_coco/``);
+- ``mini_imagenet_train`` / ``mini_imagenet_val``: the generated mini-ImageNet (``mini_imagenet/``);
+- ``imagenet_train`` / ``imagenet_val``: ImageNet in folder layout (``imagenet/{train,val}/<wnid>/``).
+
+Every loader checks its files first and raises :class:`InputError` naming the missing or broken
+file and how to fix it, instead of failing deep inside Detectron2.
+"""
+
+import json
+import os
+from typing import Any
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+from ssdet.data.image_folder import ImageFolderListing
+from ssdet.data.mini_world import MINI_COCO_CLASSES
+from ssdet.utils.errors import InputError
+
+_MINI_HINT = "Generate the mini world with `python datasets/prepare_mini_world.py`."
+
+
+def datasets_root() -> str:
+    """The datasets root, as Detectron2 resolves it: ``$DETECTRON2_DATASETS`` or ``./datasets``."""
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def load_coco_dataset(json_file: str, image_root: str, name: str, hint: str = "") -> list[dict]:
+    """Detectron2's ``load_coco_json`` with the input checked first.
+
+    Args:
+        json_file: COCO instances annotation file.
+        image_root: folder the JSON's ``file_name`` entries are relative to.
+        name: the registered dataset name (sets its metadata, as ``load_coco_json`` does).
+        hint: appended to error messages, e.g. how to create the dataset.
+
+    Returns:
+        Detectron2 dataset dicts, one per image.
+    """
+    if not os.path.isfile(json_file):
+        raise InputError(f"Dataset {name!r}: annotation file {json_file!r} not found. {hint}")
+    if not os.path.isdir(image_root):
+        raise InputError(f"Dataset {name!r}: image folder {image_root!r} not found. {hint}")
+    try:
+        dicts = load_coco_json(json_file, image_root, name)
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"Dataset {name!r}: {json_file!r} is not valid JSON ({e}). The file is corrupt or "
+            f"truncated: re-download or regenerate it. {hint}"
+        ) from e
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InputError(
+            f"Dataset {name!r}: {json_file!r} is not a COCO instances file (problem: {e!r}). "
+            f"It needs 'images', 'annotations' and 'categories'."
+        ) from e
+    if not dicts:
+        raise InputError(f"Dataset {name!r}: {json_file!r} lists no images. {hint}")
+    return dicts
+
+
+def register_coco_dataset(
+    name: str,
+    json_file: str,
+    image_root: str,
+    thing_classes: list[str] | None = None,
+    hint: str = "",
+) -> None:
+    """Register a COCO-format detection dataset, evaluated with ``COCOEvaluator``.
+
+    Args:
+        name: dataset name for ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
+        json_file: COCO instances annotation file.
+        image_root: folder of the images.
+        thing_classes: class names, when known before loading (the loader sets them otherwise).
+        hint: how to create the dataset, appended to error messages.
+    """
+    DatasetCatalog.register(name, lambda: load_coco_dataset(json_file, image_root, name, hint))
+    metadata: dict[str, Any] = dict(json_file=json_file, image_root=image_root)
+    if thing_classes is not None:
+        metadata["thing_classes"] = list(thing_classes)
+    MetadataCatalog.get(name).set(evaluator_type="coco", **metadata)
+
+
+def register_image_folder(name: str, root: str) -> None:
+    """Register an ImageNet-layout split folder (``root/<class>/<image>``) as a dataset.
+
+    ``DatasetCatalog.get(name)`` returns an :class:`ImageFolderListing`, a lazy sequence of
+    ``{"file_name", "image_id", "class_id"}`` dicts, not a list: at ImageNet scale a list of dicts
+    would cost gigabytes in every DataLoader worker.
+    """
+    DatasetCatalog.register(name, lambda: ImageFolderListing(root))
+    MetadataCatalog.get(name).set(image_root=root, evaluator_type="classification")
+
+
+def register_all(root: str) -> None:
+    """Register ssdet's datasets under ``root`` (the Detectron2 datasets root)."""
+    mini_coco = os.path.join(root, "mini_coco")
+    for split in ("train", "val"):
+        register_coco_dataset(
+            f"mini_coco_{split}",
+            os.path.join(mini_coco, "annotations", f"instances_{split}.json"),
+            os.path.join(mini_coco, split),
+            thing_classes=MINI_COCO_CLASSES,
+            hint=_MINI_HINT,
+        )
+        register_image_folder(f"mini_imagenet_{split}", os.path.join(root, "mini_imagenet", split))
+        register_image_folder(f"imagenet_{split}", os.path.join(root, "imagenet", split))
+
+
+register_all(datasets_root())

@@ -1,0 +1,124 @@
+"""ImageNet-layout folders (``<split>/<class>/<image>``) as Detectron2 datasets.
+
+The same listing serves as unlabeled images (the teacher's input) and as labeled classification
+data (joint training, pre-training). At ImageNet scale (1.28M files) listing must neither open an
+image nor hold a Python object per file, so the listing is kept as numpy arrays and cached on disk
+(no pickle), keyed by the folder's path and the modification times of its class folders.
+"""
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ssdet.utils.errors import InputError
+from ssdet.utils.io import atomic_open
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Bump when the cache file's layout changes, so old caches are rebuilt instead of misread.
+_CACHE_VERSION = 1
+
+
+def default_cache_dir() -> str:
+    """Where listings are cached: ``$SSDET_CACHE_DIR``, else ``~/.cache/ssdet``."""
+    return os.path.expanduser(os.getenv("SSDET_CACHE_DIR", "~/.cache/ssdet"))
+
+
+class ImageFolderListing(Sequence):
+    """The image files of one split folder of an ImageNet-layout dataset.
+
+    ``listing[i]`` is a Detectron2 dataset dict ``{"file_name", "image_id", "class_id"}`` built on
+    demand from numpy arrays, so the listing stays small and fork-friendly in DataLoader workers.
+    Heights and widths are not known (no image is opened); Detectron2's mapper reads them.
+
+    Args:
+        root: the split folder, e.g. ``datasets/imagenet/train``; one sub-folder per class.
+        cache_dir: where to cache the listing; None uses :func:`default_cache_dir`.
+    """
+
+    def __init__(self, root: str, cache_dir: str | None = None):
+        self.root = os.path.abspath(root)
+        if not os.path.isdir(self.root):
+            raise InputError(
+                f"Image folder {root!r} does not exist. Expected the ImageNet layout "
+                f"<split>/<class>/<image> (see datasets/README.md); for the mini world run "
+                f"`python datasets/prepare_mini_world.py`."
+            )
+        class_dirs = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+        if not class_dirs:
+            raise InputError(f"Image folder {root!r} has no class sub-folders <class>/<image>.")
+        self.class_names: list[str] = class_dirs
+        self._paths, self._labels = self._load_or_list(cache_dir or default_cache_dir())
+        if len(self._paths) == 0:
+            raise InputError(f"Image folder {root!r} has class folders but no image files.")
+
+    def _fingerprint(self) -> np.ndarray:
+        # A class folder's mtime changes when files are added to or removed from it, so these
+        # mtimes decide whether a cached listing is still valid without listing every file.
+        return np.array(
+            [os.stat(os.path.join(self.root, c)).st_mtime_ns for c in self.class_names],
+            dtype=np.int64,
+        )
+
+    def _load_or_list(self, cache_dir: str) -> tuple[np.ndarray, np.ndarray]:
+        key = hashlib.sha1(self.root.encode()).hexdigest()[:16]
+        cache_file = os.path.join(cache_dir, f"listing-v{_CACHE_VERSION}-{key}.npz")
+        fingerprint = self._fingerprint()
+        names = np.array(self.class_names, dtype=np.bytes_)
+        if os.path.exists(cache_file):
+            try:
+                with np.load(cache_file) as cached:
+                    if np.array_equal(cached["fingerprint"], fingerprint) and np.array_equal(
+                        cached["class_names"], names
+                    ):
+                        return cached["paths"], cached["labels"]
+            except (OSError, ValueError, KeyError) as e:
+                logger.warning(f"Ignoring unreadable listing cache {cache_file}: {e}")
+        paths, labels = self._list_files()
+        try:
+            with atomic_open(cache_file, "wb") as f:
+                np.savez(f, paths=paths, labels=labels, fingerprint=fingerprint, class_names=names)
+        except OSError as e:  # a read-only home must not stop training
+            logger.warning(f"Could not cache the listing of {self.root} in {cache_dir}: {e}")
+        return paths, labels
+
+    def _list_files(self) -> tuple[np.ndarray, np.ndarray]:
+        paths: list[str] = []
+        labels: list[int] = []
+        for label, name in enumerate(self.class_names):
+            files = sorted(
+                e.name
+                for e in os.scandir(os.path.join(self.root, name))
+                if e.name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            paths.extend(f"{name}/{f}" for f in files)
+            labels.extend([label] * len(files))
+        logger.info(f"Listed {len(paths)} images in {len(self.class_names)} classes of {self.root}")
+        # Fixed-width bytes: one contiguous array, no per-file Python objects, no pickle.
+        return np.array(paths, dtype=np.bytes_), np.array(labels, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return {
+            "file_name": os.path.join(self.root, self._paths[index].decode()),
+            "image_id": int(index % len(self)),
+            "class_id": int(self._labels[index]),
+        }
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class index of every image, int32 array of shape (N,)."""
+        return self._labels
+
+    def relative_paths(self) -> list[str]:
+        """Every image's path relative to ``root`` (``<class>/<file>``), in listing order."""
+        return [p.decode() for p in self._paths]

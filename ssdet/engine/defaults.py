@@ -1,0 +1,118 @@
+"""What every ssdet tool shares: argument parsing, config setup, error reporting, results."""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+
+import ssdet
+from ssdet.config import add_ssdet_config
+from ssdet.utils.errors import InputError
+from ssdet.utils.io import atomic_write_json
+
+logger = logging.getLogger("ssdet")
+
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
+    """Detectron2's tool arguments, plus ``--config`` as the documented name of ``--config-file``."""
+    parser = default_argument_parser(epilog)
+    parser.add_argument(
+        "--config", dest="config_file", metavar="FILE", help="path to config file (YAML)"
+    )
+    return parser
+
+
+def setup_cfg(args: argparse.Namespace) -> CfgNode:
+    """Build the frozen config of a run from ``--config`` and ``opts``, and set the run up.
+
+    Detectron2's ``default_setup`` then writes the resolved config to ``OUTPUT_DIR/config.yaml``,
+    sets up logging and seeds every RNG from ``SEED`` (plus the rank).
+    """
+    if not args.config_file:
+        raise InputError("No config given: pass --config FILE (see configs/).")
+    if not os.path.isfile(args.config_file):
+        raise InputError(f"Config file {args.config_file!r} not found.")
+    cfg = get_cfg()
+    add_ssdet_config(cfg)
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts or [])
+    except (KeyError, ValueError, AssertionError) as e:
+        raise InputError(f"Bad config {args.config_file!r} or command-line option: {e}") from e
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        # The same config runs on a GPU machine and, smaller, on a laptop or CI.
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> None:
+    """Run ``main(args)`` under Detectron2's ``launch``; bad input exits with its message only."""
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except InputError as e:
+        sys.exit(f"error: {e}")
+
+
+def format_ap_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A Markdown table of COCO box AP, one row per evaluated dataset.
+
+    Args:
+        results: ``{dataset: {"bbox": {"AP": ..., ...}}}`` as ``DefaultTrainer.test`` returns it
+            (a single dataset's ``{"bbox": ...}`` is also accepted).
+    """
+    if "bbox" in results:
+        results = {"": results}
+    lines = [
+        "| dataset | " + " | ".join(COCO_METRICS) + " |",
+        "|---|" + "---:|" * len(COCO_METRICS),
+    ]
+    for name, res in results.items():
+        box = res.get("bbox", {})
+        lines.append(
+            f"| {name} | " + " | ".join(f"{box.get(k, float('nan')):.1f}" for k in COCO_METRICS) + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_final_metrics(cfg: CfgNode, results: dict, started: float, config_file: str) -> str:
+    """Record a finished run's COCO metrics, config and wall time in ``OUTPUT_DIR``.
+
+    ``final_metrics.json`` is what ablation tables collect; it is written atomically by the main
+    process, so its presence means the run finished.
+
+    Returns:
+        The Markdown AP table (also logged).
+    """
+    table = format_ap_table(results)
+    if comm.is_main_process():
+        atomic_write_json(
+            os.path.join(cfg.OUTPUT_DIR, "final_metrics.json"),
+            {
+                "results": results,
+                "config_file": config_file,
+                "seed": cfg.SEED,
+                "wall_time_s": round(time.time() - started, 1),
+                "ssdet_version": ssdet.__version__,
+            },
+        )
+        print("\n" + table + "\n", flush=True)
+    return table
