@@ -69,7 +69,7 @@ def get_labeled_dataset_dicts(cfg: CfgNode) -> list[dict]:
         }
         dicts.extend(labeled)
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-        dicts = filter_images_with_only_crowd_annotations(dicts, cfg.DATASETS.TRAIN)
+        dicts = filter_images_with_only_crowd_annotations(dicts)
     if not dicts:
         raise InputError(f"No training images with annotations in {cfg.DATASETS.TRAIN}")
     if comm.is_main_process() and cfg.OUTPUT_DIR:

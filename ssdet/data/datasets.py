@@ -53,7 +53,7 @@ def load_coco_dataset(json_file: str, image_root: str, name: str, hint: str = ""
             f"Dataset {name!r}: {json_file!r} is not valid JSON ({e}). The file is corrupt or "
             f"truncated: re-download or regenerate it. {hint}"
         ) from e
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise InputError(
             f"Dataset {name!r}: {json_file!r} is not a COCO instances file (problem: {e!r}). "
             f"It needs 'images', 'annotations' and 'categories'."

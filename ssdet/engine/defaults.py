@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -87,10 +88,16 @@ def format_ap_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     ]
     for name, res in results.items():
         box = res.get("bbox", {})
-        lines.append(
-            f"| {name} | " + " | ".join(f"{box.get(k, float('nan')):.1f}" for k in COCO_METRICS) + " |"
-        )
+        values = (box.get(k) for k in COCO_METRICS)
+        cells = ("nan" if v is None or math.isnan(v) else f"{v:.1f}" for v in values)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
 
 
 def write_final_metrics(cfg: CfgNode, results: dict, started: float, config_file: str) -> str:
@@ -102,12 +109,16 @@ def write_final_metrics(cfg: CfgNode, results: dict, started: float, config_file
     Returns:
         The Markdown AP table (also logged).
     """
+    if "bbox" in results:  # DefaultTrainer.test unwraps the results of a single test dataset
+        results = {cfg.DATASETS.TEST[0]: results}
     table = format_ap_table(results)
     if comm.is_main_process():
         atomic_write_json(
             os.path.join(cfg.OUTPUT_DIR, "final_metrics.json"),
             {
-                "results": results,
+                # pycocotools reports -1 (written as NaN by Detectron2) for an empty area range;
+                # null keeps the file strict JSON.
+                "results": _nan_to_none(results),
                 "config_file": config_file,
                 "seed": cfg.SEED,
                 "wall_time_s": round(time.time() - started, 1),

@@ -3,25 +3,23 @@
 import os
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
 from ssdet.data import check_num_classes, check_registered, get_labeled_dataset_dicts
-from detectron2.data.detection_utils import build_augmentation as build_augmentation_policy  # TEMP
+from ssdet.data.augment import PolicyDatasetMapper
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` whose builders use ssdet's labeled subsets, policies and COCO AP.
+    """``DefaultTrainer`` with ssdet's labeled subsets, Augment-S1..S4 policies and COCO AP.
 
     Checkpointing, the LR schedule, periodic evaluation, logging and ``launch`` are Detectron2's.
     """
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        mapper = DatasetMapper(
-            cfg, is_train=True, augmentations=build_augmentation_policy(cfg, is_train=True)
-        )
+        mapper = PolicyDatasetMapper(cfg, is_train=True)
         return build_detection_train_loader(
             cfg, mapper=mapper, dataset=get_labeled_dataset_dicts(cfg)
         )
@@ -39,3 +37,12 @@ class Trainer(DefaultTrainer):
     ) -> DatasetEvaluator:
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    def train(self) -> dict | None:
+        """Train, then return the final evaluation (``{dataset: {"bbox": metrics}}``).
+
+        ``DefaultTrainer.train`` returns it only when ``TEST.EXPECTED_RESULTS`` is set; its
+        ``EvalHook`` evaluates after the last iteration either way and keeps the result.
+        """
+        super().train()
+        return getattr(self, "_last_eval_results", None)

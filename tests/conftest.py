@@ -1,0 +1,26 @@
+"""Test-wide setup: a private datasets root holding a tiny generated mini world.
+
+The environment is set before any test module imports ssdet, because ssdet registers its
+datasets under ``$DETECTRON2_DATASETS`` at import time (as Detectron2 does).
+"""
+
+import os
+import tempfile
+
+import pytest
+
+_ROOT = tempfile.mkdtemp(prefix="ssdet-tests-")
+os.environ["DETECTRON2_DATASETS"] = os.path.join(_ROOT, "datasets")
+os.environ["SSDET_CACHE_DIR"] = os.path.join(_ROOT, "cache")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_world() -> str:
+    """The datasets root, with the tiny mini world generated in it (once per session)."""
+    from ssdet.data.mini_world import generate_mini_world
+
+    root = os.environ["DETECTRON2_DATASETS"]
+    generate_mini_world(root, tiny=True)
+    return root
