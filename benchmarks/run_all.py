@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run every benchmark (``benchmarks/bench_*.py``); each writes its JSON to benchmarks/results/.
 
-    python benchmarks/run_all.py [--quick] [--only augment pseudo_store]
+python benchmarks/run_all.py [--quick] [--only augment pseudo_store]
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""ssdet's config keys. Every key lives under ``cfg.SSDET``; Detectron2's own keys keep their meaning."""
+"""ssdet's config keys: every key lives under ``cfg.SSDET``; Detectron2's keep their meaning."""
 
 from detectron2.config import CfgNode as CN
 
@@ -83,3 +83,40 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.PSEUDO_LABELS.BALANCE_SUBSAMPLE = "top_score"
     # Seed (integer) of the balancing draws: duplicates' remainder and "random" subsampling.
     _C.SSDET.PSEUDO_LABELS.BALANCE_SEED = 0
+
+    # ---------------------------------------------------------------------------------------------
+    # Self-training: the student's mixed batches and loss (ssdet/data/mixed.py,
+    # ssdet/engine/student.py).
+    # ---------------------------------------------------------------------------------------------
+    _C.SSDET.SELF_TRAINING = CN()
+    # Fraction (0-1) of each process's batch that is pseudo-labeled: of B = SOLVER.IMS_PER_BATCH /
+    # world size images, round(B * PSEUDO_RATIO) are pseudo-labeled and the rest human-labeled.
+    # The paper uses half and half (0.5); 0 trains on human labels only, 1 on pseudo labels only.
+    _C.SSDET.SELF_TRAINING.PSEUDO_RATIO = 0.5
+    # Augmentation policy of the pseudo-labeled images ("D2", "S1".."S4", with the other
+    # SSDET.AUGMENT keys); "" = SSDET.AUGMENT.POLICY, the human-labeled images' policy.
+    _C.SSDET.SELF_TRAINING.PSEUDO_AUGMENT_POLICY = ""
+    # Seed (integer) of the shuffles of the two training samplers, which use two different seeds
+    # derived from it; negative = a random seed shared by all processes (Detectron2's default).
+    _C.SSDET.SELF_TRAINING.SAMPLER_SEED = 0
+    # How the pseudo-label loss L_p is weighted against the human-label loss L_h, with
+    # alpha = PSEUDO_LOSS_WEIGHT: "none" = L_h + alpha * L_p; "moving_average" = the paper's
+    # L_h + alpha * (avg(L_h) / avg(L_p)) * L_p, avg(.) exponential moving averages over steps.
+    _C.SSDET.SELF_TRAINING.LOSS_NORMALIZATION = "moving_average"
+    # The weight alpha (dimensionless, >= 0) of the pseudo-label loss, in both normalizations.
+    _C.SSDET.SELF_TRAINING.PSEUDO_LOSS_WEIGHT = 1.0
+    # Momentum (0-1, per step) of the moving averages: avg = m * avg + (1 - m) * loss.
+    _C.SSDET.SELF_TRAINING.LOSS_AVG_MOMENTUM = 0.99
+
+    # ---------------------------------------------------------------------------------------------
+    # Student noise (Noisy Student; ssdet/modeling/noise.py). Added to the model by
+    # StudentTrainer; identity at evaluation. 0 = off, as for the teacher.
+    # ---------------------------------------------------------------------------------------------
+    _C.SSDET.NOISE = CN()
+    # Stochastic depth of the ResNet backbone: probability (0-1) that the last residual block skips
+    # its residual branch for a training image; block i of n uses DROP_PATH_RATE * i / (n - 1).
+    # Noisy Student uses 0.2.
+    _C.SSDET.NOISE.DROP_PATH_RATE = 0.0
+    # Dropout probability (0-1) on the RetinaNet head's last hidden features, just before its
+    # class and box prediction convs (every FPN level).
+    _C.SSDET.NOISE.DROPOUT = 0.0

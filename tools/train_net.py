@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Train or evaluate an ssdet detector.
 
-    python tools/train_net.py --config configs/mini/retinanet_R18_FPN_S1_supervised.yaml
-    python tools/train_net.py --config CFG --eval-only MODEL.WEIGHTS output/model_final.pth
-    python tools/train_net.py --config CFG --resume            # continue an interrupted run
-    python tools/train_net.py --config CFG --num-gpus 8         # Detectron2's launch
+python tools/train_net.py --config configs/mini/retinanet_R18_FPN_S1_supervised.yaml
+python tools/train_net.py --config CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+python tools/train_net.py --config CFG --resume            # continue an interrupted run
+python tools/train_net.py --config CFG --num-gpus 8         # Detectron2's launch
 """
 
 import time

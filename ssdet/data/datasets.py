@@ -4,8 +4,8 @@ COCO 2017 itself is registered by Detectron2 (``coco_2017_train``, ``coco_2017_v
 ``$DETECTRON2_DATASETS/coco``); ssdet adds, under the same root:
 
 - ``mini_coco_train`` / ``mini_coco_val``: the generated mini-COCO (``mini_coco/``);
-- ``mini_imagenet_train`` / ``mini_imagenet_val``: the generated mini-ImageNet (``mini_imagenet/``);
-- ``imagenet_train`` / ``imagenet_val``: ImageNet in folder layout (``imagenet/{train,val}/<wnid>/``).
+- ``mini_imagenet_train`` / ``mini_imagenet_val``: mini-ImageNet (``mini_imagenet/``);
+- ``imagenet_train`` / ``imagenet_val``: ImageNet, folder layout (``imagenet/{train,val}/<wnid>/``).
 
 Every loader checks its files first and raises :class:`InputError` naming the missing or broken
 file and how to fix it, instead of failing deep inside Detectron2.

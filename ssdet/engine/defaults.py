@@ -25,7 +25,7 @@ COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
-    """Detectron2's tool arguments, plus ``--config`` as the documented name of ``--config-file``."""
+    """Detectron2's tool arguments plus ``--config``, the documented name of ``--config-file``."""
     parser = default_argument_parser(epilog)
     parser.add_argument(
         "--config", dest="config_file", metavar="FILE", help="path to config file (YAML)"

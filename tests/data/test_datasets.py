@@ -70,7 +70,10 @@ def test_not_coco_and_empty(tiny_world, tmp_path):
     register_coco_dataset("t_notcoco", json_file, images)
     with pytest.raises(InputError, match="not a COCO instances file"):
         DatasetCatalog.get("t_notcoco")
-    json.dump({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}, open(json_file, "w"))
+    json.dump(
+        {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]},
+        open(json_file, "w"),
+    )
     register_coco_dataset("t_empty", json_file, images)
     with pytest.raises(InputError, match="lists no images"):
         DatasetCatalog.get("t_empty")

@@ -51,7 +51,9 @@ def test_eval_only_reproduces_ap(trained):
     out, _ = trained
     model = os.path.join(out, "model_final.pth")
     eval_out = os.path.join(out, "eval")
-    proc = train_net("--config", INSTANT, "--eval-only", "MODEL.WEIGHTS", model, "OUTPUT_DIR", eval_out)
+    proc = train_net(
+        "--config", INSTANT, "--eval-only", "MODEL.WEIGHTS", model, "OUTPUT_DIR", eval_out
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.load(open(os.path.join(out, "final_metrics.json")))["results"]
     again = json.load(open(os.path.join(eval_out, "final_metrics.json")))["results"]
