@@ -119,6 +119,11 @@ class ImageFolderListing(Sequence):
         """Class index of every image, int32 array of shape (N,)."""
         return self._labels
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the listing's arrays, in bytes."""
+        return self._paths.nbytes + self._labels.nbytes
+
     def relative_paths(self) -> list[str]:
         """Every image's path relative to ``root`` (``<class>/<file>``), in listing order."""
         return [p.decode() for p in self._paths]
