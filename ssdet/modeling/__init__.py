@@ -4,5 +4,13 @@ from ssdet.modeling.backbone import (
     build_ssdet_resnet_backbone,
     build_ssdet_retinanet_resnet_fpn_backbone,
 )
+from ssdet.modeling.noise import DropPath, add_drop_path, add_head_dropout, add_student_noise
 
-__all__ = ["build_ssdet_resnet_backbone", "build_ssdet_retinanet_resnet_fpn_backbone"]
+__all__ = [
+    "DropPath",
+    "add_drop_path",
+    "add_head_dropout",
+    "add_student_noise",
+    "build_ssdet_resnet_backbone",
+    "build_ssdet_retinanet_resnet_fpn_backbone",
+]

@@ -1,0 +1,405 @@
+"""The student's training: a mixed-batch step with the paper's loss normalization.
+
+Each step forwards the human-labeled images and the pseudo-labeled images of a
+:class:`~ssdet.data.mixed.MixedBatch` separately, sums each part's loss dict into L_h and L_p, and
+minimizes ``L_h + w * L_p``. With ``SSDET.SELF_TRAINING.LOSS_NORMALIZATION "moving_average"``
+(the paper's), ``w = alpha * avg(L_h) / avg(L_p)`` with exponential moving averages of both losses
+over steps, which keeps the pseudo-label loss on the scale of the human-label loss however noisy
+the pseudo labels are; with "none", ``w = alpha``.
+
+Two forwards, not one of the concatenated batch: Detectron2's detectors reduce their losses over
+the whole batch (RetinaNet divides by the batch's foreground anchor count), so only separate
+forwards give each part's loss exactly. Consequences, by design:
+
+* RetinaNet/FCOS divide by a moving average of the foreground count (``loss_normalizer``, a plain
+  attribute of Detectron2's ``DenseDetector``). The step keeps one such average per part and swaps
+  it in around the part's forward, so each part is normalized by its own foreground count
+  (pseudo-labeled ImageNet images have far fewer boxes than COCO's); they are checkpointed with
+  the trainer (Detectron2 itself restarts its average on resume).
+* BatchNorm layers in training mode see each part as its own batch. FrozenBN and GroupNorm (the
+  ImageNet-init backbones, the FPN and head of the mini configs) are unaffected.
+* Under DDP, the two forwards feed one backward, so every parameter receives one gradient and is
+  reduced once (``find_unused_parameters`` stays False, as Detectron2 sets it).
+"""
+
+import contextlib
+import math
+import time
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from ssdet.data.mixed import MixedBatch, build_mixed_train_loader
+from ssdet.engine.trainer import Trainer
+from ssdet.modeling.noise import add_student_noise
+from ssdet.utils.errors import InputError
+
+__all__ = [
+    "LOSS_NORMALIZATIONS",
+    "AMPStudentTrainer",
+    "PseudoLossWeighting",
+    "SimpleStudentTrainer",
+    "StudentLoss",
+    "StudentTrainer",
+]
+
+
+LOSS_NORMALIZATIONS = ("none", "moving_average")
+
+# The two parts of a batch, as they prefix the logged loss names ("human/loss_cls", ...).
+HUMAN = "human"
+PSEUDO = "pseudo"
+_DIVERGENCE_HINTS = {
+    HUMAN: "Lower SOLVER.BASE_LR (or raise SOLVER.WARMUP_ITERS).",
+    PSEUDO: "Lower SOLVER.BASE_LR or SSDET.SELF_TRAINING.PSEUDO_LOSS_WEIGHT, or check the pseudo "
+    "labels.",
+}
+
+
+class StudentLoss(NamedTuple):
+    """The student's objective and its terms, for one step.
+
+    Attributes:
+        total: 0-dim, the loss to minimize, ``human + pseudo_weight * pseudo`` (with an absent
+            part left out).
+        human: 0-dim L_h, the sum of the human-labeled images' losses; None without that part.
+        pseudo: 0-dim L_p, the same for the pseudo-labeled images; None without that part.
+        pseudo_weight: 0-dim, detached: the weight of L_p; None without pseudo-labeled images.
+        averages: (2,) detached moving averages of (L_h, L_p) after this step, or None when the
+            normalization keeps none.
+    """
+
+    total: torch.Tensor
+    human: torch.Tensor | None
+    pseudo: torch.Tensor | None
+    pseudo_weight: torch.Tensor | None
+    averages: torch.Tensor | None
+
+
+class PseudoLossWeighting:
+    """Combines the human-label loss L_h and the pseudo-label loss L_p into the student's loss.
+
+    ``"none"``: ``L_h + alpha * L_p``. ``"moving_average"`` (the paper's):
+    ``L_h + alpha * (avg(L_h) / avg(L_p)) * L_p``, where ``avg`` are exponential moving averages
+    of the per-step losses (``avg = m * avg + (1 - m) * loss``), started at the first step's
+    values and updated before use. The ratio carries no gradient. Under DDP the losses are
+    averaged over processes before the update, so every process has the same weight and a
+    checkpoint resumes it exactly.
+
+    Args:
+        normalization: one of :data:`LOSS_NORMALIZATIONS`.
+        pseudo_weight: alpha, >= 0.
+        momentum: m in [0, 1).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        normalization: str = "moving_average",
+        pseudo_weight: float = 1.0,
+        momentum: float = 0.99,
+    ):
+        if normalization not in LOSS_NORMALIZATIONS:
+            raise InputError(
+                f"Unknown SSDET.SELF_TRAINING.LOSS_NORMALIZATION {normalization!r}; valid: "
+                f"{', '.join(LOSS_NORMALIZATIONS)}"
+            )
+        if pseudo_weight < 0:
+            raise InputError(
+                f"SSDET.SELF_TRAINING.PSEUDO_LOSS_WEIGHT must be >= 0, got {pseudo_weight}"
+            )
+        if not 0.0 <= momentum < 1.0:
+            raise InputError(
+                f"SSDET.SELF_TRAINING.LOSS_AVG_MOMENTUM must be in [0, 1), got {momentum}"
+            )
+        self.normalization = normalization
+        self.moving_average = normalization == "moving_average"
+        self.pseudo_weight = float(pseudo_weight)
+        self.momentum = float(momentum)
+        # (2,) moving averages of (L_h, L_p); None until the first step.
+        self.averages: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        st = cfg.SSDET.SELF_TRAINING
+        if st.LOSS_NORMALIZATION == "moving_average" and not 0.0 < st.PSEUDO_RATIO < 1.0:
+            raise InputError(
+                f"SSDET.SELF_TRAINING.LOSS_NORMALIZATION 'moving_average' balances the human- and "
+                f"pseudo-label losses, but PSEUDO_RATIO {st.PSEUDO_RATIO} gives batches of one "
+                "part only; set LOSS_NORMALIZATION 'none'."
+            )
+        return {
+            "normalization": st.LOSS_NORMALIZATION,
+            "pseudo_weight": st.PSEUDO_LOSS_WEIGHT,
+            "momentum": st.LOSS_AVG_MOMENTUM,
+        }
+
+    def __call__(
+        self, human_losses: Mapping[str, torch.Tensor], pseudo_losses: Mapping[str, torch.Tensor]
+    ) -> StudentLoss:
+        """Combine one step's losses (and update the moving averages).
+
+        Args:
+            human_losses: the model's loss dict on the human-labeled images (0-dim tensors);
+                empty when the batch has none.
+            pseudo_losses: the loss dict on the pseudo-labeled images; empty when it has none.
+
+        Returns:
+            The objective and its terms.
+        """
+        if not human_losses and not pseudo_losses:
+            raise ValueError("the student's step needs the losses of at least one part")
+        loss_human = sum(human_losses.values()) if human_losses else None
+        loss_pseudo = sum(pseudo_losses.values()) if pseudo_losses else None
+        if loss_pseudo is None:
+            return StudentLoss(loss_human, loss_human, None, None, None)
+        if not self.moving_average:
+            weight = loss_pseudo.new_tensor(self.pseudo_weight)
+            total = (
+                weight * loss_pseudo if loss_human is None else loss_human + weight * loss_pseudo
+            )
+            return StudentLoss(total, loss_human, loss_pseudo, weight, None)
+        if loss_human is None:
+            raise ValueError("moving_average normalization needs both human and pseudo losses")
+        values = torch.stack([loss_human.detach(), loss_pseudo.detach()]).float()
+        if comm.get_world_size() > 1:
+            torch.distributed.all_reduce(values)
+            values /= comm.get_world_size()
+        if self.averages is None:
+            self.averages = values
+        else:
+            self.averages = torch.lerp(values, self.averages.to(values), self.momentum)
+        # A moving average of positive losses is > 0; the floor only keeps a degenerate all-zero
+        # pseudo loss from producing inf * 0.
+        weight = self.pseudo_weight * self.averages[0] / self.averages[1].clamp(min=1e-12)
+        return StudentLoss(
+            loss_human + weight * loss_pseudo, loss_human, loss_pseudo, weight, self.averages
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The moving averages, as plain floats (None before the first step)."""
+        return {"averages": None if self.averages is None else self.averages.tolist()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        averages = state_dict["averages"]
+        self.averages = None if averages is None else torch.tensor(averages, dtype=torch.float32)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    if isinstance(model, DistributedDataParallel | DataParallel):
+        return model.module
+    return model
+
+
+class SimpleStudentTrainer(SimpleTrainer):
+    """Detectron2's :class:`SimpleTrainer` with the student's step (see the module docstring).
+
+    The data loader yields :class:`MixedBatch` pairs. Logged every ``gather_metric_period``
+    steps (averaged over processes): ``total_loss`` (the objective), ``loss_human``,
+    ``loss_pseudo``, ``pseudo_loss_weight``, ``loss_human_avg`` / ``loss_pseudo_avg`` (moving
+    averages), and each part's loss components as ``human/<name>`` and ``pseudo/<name>``.
+    Metrics are written synchronously: the finite-loss check must precede the optimizer step.
+
+    Args:
+        model, data_loader, optimizer: as for :class:`SimpleTrainer`.
+        loss_weighting: how L_h and L_p combine; default ``PseudoLossWeighting()``.
+        kwargs: the other arguments of :class:`SimpleTrainer` (or :class:`AMPTrainer`).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data_loader,
+        optimizer: torch.optim.Optimizer,
+        loss_weighting: PseudoLossWeighting | None = None,
+        **kwargs,
+    ):
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        self.loss_weighting = loss_weighting or PseudoLossWeighting()
+        detector = _unwrap(model)
+        self._dense_detector = detector if isinstance(detector, DenseDetector) else None
+        # Each part's foreground-count average of a DenseDetector; None = not started.
+        self._loss_normalizers: dict[str, float | None] = {HUMAN: None, PSEUDO: None}
+
+    def run_step(self) -> None:
+        """One step: forward both parts, combine their losses, backward, log, update."""
+        assert self.model.training, "[SimpleStudentTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        batch: MixedBatch = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        if self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        loss_dicts: dict[str, dict[str, torch.Tensor]] = {}
+        with self._autocast():
+            for part, images in ((HUMAN, batch.human), (PSEUDO, batch.pseudo)):
+                if images:
+                    loss_dicts[part] = self._part_losses(part, images)
+        loss = self.loss_weighting(loss_dicts.get(HUMAN, {}), loss_dicts.get(PSEUDO, {}))
+        if not self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        self._backward(loss.total)
+        self.after_backward()
+        self._check_and_write_metrics(loss_dicts, loss, data_time)
+        self._optimizer_step()
+
+    def _part_losses(self, part: str, images: list[dict]) -> dict[str, torch.Tensor]:
+        detector = self._dense_detector
+        if detector is None:
+            return self.model(images)
+        # DenseDetector._ema_update starts from its initial value when the attribute is absent.
+        normalizer = self._loss_normalizers[part]
+        if normalizer is not None:
+            detector.loss_normalizer = normalizer
+        elif hasattr(detector, "loss_normalizer"):
+            del detector.loss_normalizer
+        loss_dict = self.model(images)
+        self._loss_normalizers[part] = getattr(detector, "loss_normalizer", None)
+        return loss_dict
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def _optimizer_step(self) -> None:
+        self.optimizer.step()
+
+    def _check_and_write_metrics(
+        self, loss_dicts: dict[str, dict[str, torch.Tensor]], loss: StudentLoss, data_time: float
+    ) -> None:
+        """Stop on a non-finite loss, naming the part; write the metrics every period.
+
+        Raises:
+            FloatingPointError: a part's loss (or the combined loss) is infinite or NaN.
+        """
+        scalars = {
+            f"{part}/{name}": value
+            for part, losses in loss_dicts.items()
+            for name, value in losses.items()
+        }
+        scalars["total_loss"] = loss.total
+        for name, value in (
+            ("loss_human", loss.human),
+            ("loss_pseudo", loss.pseudo),
+            ("pseudo_loss_weight", loss.pseudo_weight),
+        ):
+            if value is not None:
+                scalars[name] = value
+        if loss.averages is not None:
+            scalars["loss_human_avg"], scalars["loss_pseudo_avg"] = loss.averages
+        # One device-to-host copy for all scalars.
+        values = dict(
+            zip(
+                scalars,
+                torch.stack([v.detach().float() for v in scalars.values()]).tolist(),
+                strict=True,
+            )
+        )
+        for part, losses in loss_dicts.items():
+            part_values = {name: values[f"{part}/{name}"] for name in losses}
+            if not all(math.isfinite(v) for v in part_values.values()):
+                raise FloatingPointError(
+                    f"The loss of the {part}-labeled images became infinite or NaN at iteration "
+                    f"{self.iter}: {part_values}. {_DIVERGENCE_HINTS[part]}"
+                )
+        if not math.isfinite(values["total_loss"]):
+            raise FloatingPointError(
+                f"The combined loss became infinite or NaN at iteration {self.iter}: {values}"
+            )
+        if (self.iter + 1) % self.gather_metric_period == 0:
+            self._write_student_metrics(values, data_time)
+
+    def _write_student_metrics(self, values: dict[str, float], data_time: float) -> None:
+        # As SimpleTrainer.write_metrics, but total_loss is the weighted objective, not the sum of
+        # everything logged.
+        storage = get_event_storage()
+        storage.put_scalar("rank_data_time", data_time, cur_iter=self.iter)
+        all_values = comm.gather({**values, "data_time": data_time})
+        if comm.is_main_process():
+            storage.put_scalar(
+                "data_time", max(v.pop("data_time") for v in all_values), cur_iter=self.iter
+            )
+            storage.put_scalars(
+                cur_iter=self.iter,
+                **{k: sum(v[k] for v in all_values) / len(all_values) for k in all_values[0]},
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        ret = super().state_dict()
+        ret["loss_weighting"] = self.loss_weighting.state_dict()
+        ret["loss_normalizers"] = dict(self._loss_normalizers)
+        return ret
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.loss_weighting.load_state_dict(state_dict["loss_weighting"])
+        self._loss_normalizers = dict(state_dict["loss_normalizers"])
+
+
+class AMPStudentTrainer(SimpleStudentTrainer, AMPTrainer):
+    """The student's step in mixed precision, as Detectron2's :class:`AMPTrainer` does it.
+
+    Forwards run under ``torch.autocast("cuda")``; the loss is scaled by the grad scaler.
+    """
+
+    def run_step(self) -> None:
+        assert torch.cuda.is_available(), "[AMPStudentTrainer] CUDA is required for AMP training!"
+        super().run_step()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=self.precision)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.grad_scaler.scale(loss).backward()
+        if self.log_grad_scaler:
+            get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
+
+    def _optimizer_step(self) -> None:
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+
+class StudentTrainer(Trainer):
+    """The student's ``DefaultTrainer``: mixed batches, the student step, the student noise.
+
+    Differs from :class:`~ssdet.engine.Trainer` in three builders: the train loader is
+    :func:`~ssdet.data.mixed.build_mixed_train_loader` (labeled subset + the pseudo-label store),
+    the model gets ``SSDET.NOISE`` (:func:`~ssdet.modeling.noise.add_student_noise`), and the
+    step is :class:`SimpleStudentTrainer` (:class:`AMPStudentTrainer` with
+    ``SOLVER.AMP.ENABLED``). Checkpointing, hooks, the LR schedule and evaluation are Detectron2's;
+    the checkpoint also holds the loss moving averages.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        if cfg.TEST.PRECISE_BN.ENABLED:
+            # PreciseBN feeds the train loader's batches to the model as they are; the student's
+            # are (human, pseudo) pairs.
+            raise InputError("TEST.PRECISE_BN is not supported by the student; disable it.")
+        loss_weighting = PseudoLossWeighting(cfg)  # validate the config before building anything
+        super().__init__(cfg)
+        trainer_class = AMPStudentTrainer if cfg.SOLVER.AMP.ENABLED else SimpleStudentTrainer
+        # DefaultTrainer builds a SimpleTrainer/AMPTrainer from the model, loader and optimizer;
+        # the student step replaces it around the same three.
+        self._trainer = trainer_class(
+            self._trainer.model,
+            self._trainer.data_loader,
+            self._trainer.optimizer,
+            loss_weighting=loss_weighting,
+        )
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        return add_student_noise(super().build_model(cfg), cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        return build_mixed_train_loader(cfg)

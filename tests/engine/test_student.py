@@ -1,0 +1,344 @@
+"""Tests of the student's step, loss normalization, checkpointed state and trainer."""
+
+import itertools
+import json
+import os
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import launch
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ssdet.data.mixed import MixedBatch
+from ssdet.engine.student import (
+    AMPStudentTrainer,
+    PseudoLossWeighting,
+    SimpleStudentTrainer,
+    StudentTrainer,
+)
+from ssdet.modeling import DropPath
+from ssdet.utils.errors import InputError
+
+from ..data.test_mixed import make_pseudo_store, student_cfg
+
+# -------------------------------------------------------------------------------------------------
+# The loss combination, on known values
+# -------------------------------------------------------------------------------------------------
+
+
+def losses(**values) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor(float(v), requires_grad=True) for k, v in values.items()}
+
+
+def test_no_normalization_is_the_weighted_sum():
+    weighting = PseudoLossWeighting("none", pseudo_weight=0.5)
+    human, pseudo = losses(loss_cls=1, loss_box_reg=2), losses(loss_cls=3, loss_box_reg=1)
+    loss = weighting(human, pseudo)
+    assert loss.total.item() == pytest.approx(3 + 0.5 * 4)
+    assert (loss.human.item(), loss.pseudo.item(), loss.pseudo_weight.item()) == (3, 4, 0.5)
+    assert loss.averages is None and weighting.state_dict() == {"averages": None}
+
+
+def test_moving_average_normalization_arithmetic_and_gradient():
+    weighting = PseudoLossWeighting("moving_average", pseudo_weight=2.0, momentum=0.9)
+    # Step 1: the averages start at the first values, avg(L_h) / avg(L_p) = 3 / 6.
+    loss = weighting(losses(a=1, b=2), losses(a=6))
+    assert loss.averages.tolist() == pytest.approx([3, 6])
+    assert loss.pseudo_weight.item() == pytest.approx(2.0 * 3 / 6)
+    assert loss.total.item() == pytest.approx(3 + 1.0 * 6)
+    # Step 2: avg = 0.9 * avg + 0.1 * loss.
+    human, pseudo = losses(a=5), losses(a=1)
+    loss = weighting(human, pseudo)
+    avg_h, avg_p = 0.9 * 3 + 0.1 * 5, 0.9 * 6 + 0.1 * 1
+    assert loss.averages.tolist() == pytest.approx([avg_h, avg_p])
+    weight = 2.0 * avg_h / avg_p
+    assert loss.pseudo_weight.item() == pytest.approx(weight)
+    assert loss.total.item() == pytest.approx(5 + weight * 1)
+    # No gradient flows through the ratio: dL/dL_h = 1, dL/dL_p = w.
+    loss.total.backward()
+    assert human["a"].grad.item() == pytest.approx(1.0)
+    assert pseudo["a"].grad.item() == pytest.approx(weight)
+
+
+def test_one_part_only():
+    weighting = PseudoLossWeighting("none", pseudo_weight=0.5)
+    assert weighting(losses(a=2), {}).total.item() == 2
+    assert weighting({}, losses(a=2)).total.item() == 1
+    assert PseudoLossWeighting("moving_average")(losses(a=2), {}).total.item() == 2
+    with pytest.raises(ValueError, match="both"):
+        PseudoLossWeighting("moving_average")({}, losses(a=2))
+
+
+def test_unknown_normalization_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="valid: none, moving_average"):
+        PseudoLossWeighting("sum")
+
+
+def test_moving_average_needs_both_parts_in_the_config():
+    cfg = student_cfg()
+    cfg.SSDET.SELF_TRAINING.PSEUDO_RATIO = 1.0
+    with pytest.raises(InputError, match="LOSS_NORMALIZATION 'none'"):
+        PseudoLossWeighting(cfg)
+    cfg.SSDET.SELF_TRAINING.LOSS_NORMALIZATION = "none"
+    assert PseudoLossWeighting(cfg).pseudo_weight == 1.0
+
+
+def test_moving_averages_survive_a_state_dict_round_trip():
+    steps = [(losses(a=3), losses(a=6)), (losses(a=5), losses(a=1)), (losses(a=2), losses(a=4))]
+    original = PseudoLossWeighting(momentum=0.9)
+    for human, pseudo in steps[:2]:
+        original(human, pseudo)
+    state = json.loads(json.dumps(original.state_dict()))  # plain values, as checkpoints hold
+    resumed = PseudoLossWeighting(momentum=0.9)
+    resumed.load_state_dict(state)
+    a, b = original(*steps[2]), resumed(*steps[2])
+    assert a.total.item() == pytest.approx(b.total.item())
+    assert a.averages.tolist() == pytest.approx(b.averages.tolist())
+
+
+# -------------------------------------------------------------------------------------------------
+# The step, on a toy model
+# -------------------------------------------------------------------------------------------------
+
+
+class ToyDetector(nn.Module):
+    """Returns a loss dict from each image's "x"; an image's "nan" makes its batch's loss NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, 2.0]))
+
+    def forward(self, images: list[dict]) -> dict[str, torch.Tensor]:
+        x = torch.stack([d["x"] for d in images])
+        loss_cls = (x * self.w).sum()
+        if any(d.get("nan") for d in images):
+            loss_cls = loss_cls * float("nan")
+        return {"loss_cls": loss_cls, "loss_box_reg": self.w.pow(2).sum()}
+
+
+def toy_batches(pseudo_nan_at=None):
+    for i in itertools.count():
+        yield MixedBatch(
+            [{"x": torch.tensor([1.0, 0.0])}] * 2,
+            [{"x": torch.tensor([0.0, 1.0]), "nan": i == pseudo_nan_at}] * 2,
+        )
+
+
+def toy_trainer(cls=SimpleStudentTrainer, data=None, **kwargs):
+    model = ToyDetector()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    weighting = PseudoLossWeighting("moving_average", pseudo_weight=0.5, momentum=0.9)
+    return cls(model, data or toy_batches(), optimizer, loss_weighting=weighting, **kwargs)
+
+
+def run(trainer, steps: int, storage: EventStorage, start: int = 0) -> None:
+    for it in range(start, start + steps):
+        trainer.iter = it
+        storage.iter = it
+        trainer.run_step()
+
+
+def test_step_logs_each_part_and_applies_the_weighted_gradient():
+    trainer = toy_trainer()
+    w = trainer.model.w.detach().clone()
+    with EventStorage() as storage:
+        run(trainer, 1, storage)
+        latest = {k: v for k, (v, _) in storage.latest().items()}
+    # L_h = 2 * w0 + |w|^2 = 7, L_p = 2 * w1 + |w|^2 = 9; first step: weight = 0.5 * 7 / 9.
+    weight = 0.5 * 7 / 9
+    expected = {
+        "human/loss_cls": 2.0,
+        "human/loss_box_reg": 5.0,
+        "pseudo/loss_cls": 4.0,
+        "pseudo/loss_box_reg": 5.0,
+        "loss_human": 7.0,
+        "loss_pseudo": 9.0,
+        "loss_human_avg": 7.0,
+        "loss_pseudo_avg": 9.0,
+        "pseudo_loss_weight": weight,
+        "total_loss": 7 + weight * 9,
+    }
+    for key, value in expected.items():
+        assert latest[key] == pytest.approx(value), key
+    assert "data_time" in latest
+    grad_h = torch.tensor([2.0, 0.0]) + 2 * w
+    grad_p = torch.tensor([0.0, 2.0]) + 2 * w
+    assert torch.allclose(trainer.model.w.detach(), w - 0.1 * (grad_h + weight * grad_p))
+
+
+def test_non_finite_loss_names_the_part_and_skips_the_update():
+    trainer = toy_trainer(data=toy_batches(pseudo_nan_at=1))
+    with EventStorage() as storage:
+        run(trainer, 1, storage)
+        w = trainer.model.w.detach().clone()
+        with pytest.raises(
+            FloatingPointError, match="pseudo-labeled images.*iteration 1.*loss_cls"
+        ):
+            run(trainer, 1, storage, start=1)
+    assert torch.equal(trainer.model.w.detach(), w)
+
+
+def test_trainer_state_holds_the_averages():
+    trainer = toy_trainer()
+    with EventStorage() as storage:
+        run(trainer, 3, storage)
+    state = trainer.state_dict()
+    assert {"optimizer", "loss_weighting", "loss_normalizers"} <= set(state)
+    resumed = toy_trainer()
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.loss_weighting.averages, trainer.loss_weighting.averages)
+
+
+def test_amp_step_composes_with_the_grad_scaler(monkeypatch):
+    # CPU-only here: autocast("cuda") is inert on CPU tensors and the disabled scaler passes the
+    # loss through; what is checked is the AMP trainer's plumbing and state.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    trainer = toy_trainer(AMPStudentTrainer, grad_scaler=scaler)
+    with EventStorage() as storage:
+        run(trainer, 2, storage)
+        assert storage.latest()["loss_pseudo"][0] > 0
+    assert {"grad_scaler", "loss_weighting", "optimizer"} <= set(trainer.state_dict())
+
+
+def _ddp_worker(output_dir: str) -> None:
+    rank = comm.get_rank()
+    torch.manual_seed(0)
+    model = DistributedDataParallel(ToyDetector())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # Each rank sees different images, so the ranks' losses differ.
+    batch = MixedBatch(
+        [{"x": torch.tensor([1.0 + rank, 0.0])}] * 2, [{"x": torch.tensor([0.0, 1.0 + rank])}] * 2
+    )
+    trainer = SimpleStudentTrainer(model, itertools.repeat(batch), optimizer)
+    with EventStorage() as storage:
+        run(trainer, 2, storage)
+        logged = {k: v for k, (v, _) in storage.latest().items()}
+    torch.save(
+        {
+            "w": model.module.w.detach(),
+            "averages": trainer.loss_weighting.averages,
+            "logged": logged,
+        },
+        os.path.join(output_dir, f"rank{rank}.pt"),
+    )
+
+
+def test_two_processes_share_gradients_and_averages(tmp_path):
+    """DDP (gloo, CPU): two forwards feed one backward; the loss averages agree across ranks."""
+    launch(_ddp_worker, 2, dist_url="auto", args=(str(tmp_path),))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert torch.equal(ranks[0]["w"], ranks[1]["w"])
+    assert torch.equal(ranks[0]["averages"], ranks[1]["averages"])
+    # Expected, with the losses and gradients averaged over the ranks (x = 1 + rank, mean 1.5):
+    # L_h = 2 x w0 + |w|^2, L_p = 2 x w1 + |w|^2, and the default alpha 1, momentum 0.99.
+    w, averages = torch.tensor([1.0, 2.0]), None
+    for _ in range(2):
+        losses = torch.stack([3 * w[0] + w.pow(2).sum(), 3 * w[1] + w.pow(2).sum()])
+        averages = losses if averages is None else 0.99 * averages + 0.01 * losses
+        weight = averages[0] / averages[1]
+        grad = torch.tensor([3.0, 0.0]) + 2 * w + weight * (torch.tensor([0.0, 3.0]) + 2 * w)
+        logged_human = losses[0]
+        w = w - 0.1 * grad
+    assert torch.allclose(ranks[0]["w"], w)
+    assert torch.allclose(ranks[0]["averages"], averages)
+    # Only the main process logs: the mean over the ranks.
+    assert ranks[0]["logged"]["loss_human"] == pytest.approx(logged_human.item())
+    assert "loss_human" not in ranks[1]["logged"]
+
+
+# -------------------------------------------------------------------------------------------------
+# RetinaNet: one foreground-count normalizer per part
+# -------------------------------------------------------------------------------------------------
+
+
+def retinanet_batch(num_images: int, boxes_per_image: int) -> list[dict]:
+    images = []
+    for i in range(num_images):
+        instances = Instances((64, 64))
+        xy = (torch.arange(boxes_per_image, dtype=torch.float32)[:, None] * 6 + i).expand(-1, 2)
+        instances.gt_boxes = Boxes(torch.cat([xy, xy + 20], dim=1))
+        instances.gt_classes = torch.zeros(boxes_per_image, dtype=torch.int64)
+        images.append({"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "instances": instances})
+    return images
+
+
+def test_retinanet_parts_keep_their_own_loss_normalizer():
+    cfg = student_cfg()
+    model = build_model(cfg)
+    batch = MixedBatch(retinanet_batch(2, 6), retinanet_batch(2, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer = SimpleStudentTrainer(model, itertools.repeat(batch), optimizer)
+    with EventStorage() as storage:
+        run(trainer, 1, storage)
+    normalizers = trainer.state_dict()["loss_normalizers"]
+    # Detectron2's DenseDetector keeps the average in this attribute (checked for upgrades).
+    assert model.loss_normalizer == normalizers["pseudo"]
+    # Each part's average moves from RetinaNet's initial 100 towards its own foreground count.
+    assert 100 > normalizers["human"] > normalizers["pseudo"]
+
+
+# -------------------------------------------------------------------------------------------------
+# StudentTrainer end to end on the tiny world
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pseudo_store(tiny_world, tmp_path_factory):
+    return make_pseudo_store(tmp_path_factory.mktemp("student-pseudo") / "store")
+
+
+def test_student_trainer_trains_logs_checkpoints_and_resumes(pseudo_store, tmp_path):
+    cfg = student_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.SSDET.PSEUDO_LABELS.STORE = pseudo_store
+    cfg.SOLVER.MAX_ITER = 2
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1
+    cfg.DATASETS.TEST = ()
+    trainer = StudentTrainer(cfg)
+    assert isinstance(trainer._trainer, SimpleStudentTrainer)
+    assert any(isinstance(m, DropPath) for m in trainer.model.modules())
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    averages = trainer._trainer.loss_weighting.averages.tolist()
+
+    records = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    keys = set().union(*records)
+    assert {"loss_human", "loss_pseudo", "pseudo_loss_weight", "total_loss"} <= keys
+    assert {"human/loss_cls", "pseudo/loss_box_reg", "loss_human_avg", "loss_pseudo_avg"} <= keys
+
+    # The student checkpoint loads into a stock Detectron2 model, without the noise.
+    checkpoint = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    assert set(checkpoint["model"]) == set(build_model(cfg).state_dict())
+    assert checkpoint["trainer"]["_trainer"]["loss_weighting"]["averages"] == pytest.approx(
+        averages
+    )
+
+    cfg.SOLVER.MAX_ITER = 3
+    resumed = StudentTrainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    assert resumed._trainer.loss_weighting.averages.tolist() == pytest.approx(averages)
+    resumed.train()
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(tmp_path / "model_final.pth"))
+
+
+def test_student_trainer_input_errors(tiny_world, tmp_path):
+    cfg = student_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    with pytest.raises(InputError, match="SSDET.PSEUDO_LABELS.STORE is empty"):
+        StudentTrainer(cfg)
+    cfg.TEST.PRECISE_BN.ENABLED = True
+    with pytest.raises(InputError, match="PRECISE_BN"):
+        StudentTrainer(cfg)
+    cfg.TEST.PRECISE_BN.ENABLED = False
+    cfg.SSDET.SELF_TRAINING.LOSS_NORMALIZATION = "mean"
+    with pytest.raises(InputError, match="valid: none, moving_average"):
+        StudentTrainer(cfg)
