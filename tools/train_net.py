@@ -11,7 +11,14 @@ import time
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ssdet.engine import Trainer, argument_parser, run_tool, setup_cfg, write_final_metrics
+from ssdet.engine import (
+    StudentTrainer,
+    Trainer,
+    argument_parser,
+    run_tool,
+    setup_cfg,
+    write_final_metrics,
+)
 
 
 def main(args):
@@ -24,7 +31,7 @@ def main(args):
         )
         results = Trainer.test(cfg, model)
     else:
-        trainer = Trainer(cfg)
+        trainer = StudentTrainer(cfg) if cfg.SSDET.PSEUDO_LABELS.STORE else Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
     write_final_metrics(cfg, results, started, args.config_file)

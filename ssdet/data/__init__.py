@@ -11,10 +11,22 @@ from ssdet.data.datasets import (
     register_image_folder,
 )
 from ssdet.data.image_folder import ImageFolderListing
+from ssdet.data.mixed import MixedBatch, build_mixed_train_loader, load_pseudo_label_dataset
+from ssdet.data.pseudo_labels import (
+    PseudoLabelFilter,
+    PseudoLabelStore,
+    register_pseudo_label_dataset,
+)
 from ssdet.data.subsets import split_labeled
 
 __all__ = [
     "ImageFolderListing",
+    "MixedBatch",
+    "PseudoLabelFilter",
+    "PseudoLabelStore",
+    "build_mixed_train_loader",
+    "load_pseudo_label_dataset",
+    "register_pseudo_label_dataset",
     "check_num_classes",
     "check_registered",
     "datasets_root",

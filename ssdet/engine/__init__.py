@@ -7,9 +7,19 @@ from ssdet.engine.defaults import (
     setup_cfg,
     write_final_metrics,
 )
+from ssdet.engine.student import (
+    AMPStudentTrainer,
+    PseudoLossWeighting,
+    SimpleStudentTrainer,
+    StudentTrainer,
+)
 from ssdet.engine.trainer import Trainer
 
 __all__ = [
+    "AMPStudentTrainer",
+    "PseudoLossWeighting",
+    "SimpleStudentTrainer",
+    "StudentTrainer",
     "Trainer",
     "argument_parser",
     "format_ap_table",
