@@ -100,7 +100,9 @@ class ImageFolderListing(Sequence):
             labels.extend([label] * len(files))
         logger.info(f"Listed {len(paths)} images in {len(self.class_names)} classes of {self.root}")
         # Fixed-width bytes: one contiguous array, no per-file Python objects, no pickle.
-        return np.array(paths, dtype=np.bytes_), np.array(labels, dtype=np.int32)
+        # UTF-8 explicitly: numpy's own str -> bytes conversion accepts ASCII only.
+        encoded = [p.encode() for p in paths]
+        return np.array(encoded, dtype=np.bytes_), np.array(labels, dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self._paths)

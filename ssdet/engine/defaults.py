@@ -58,8 +58,13 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-def run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> None:
-    """Run ``main(args)`` under Detectron2's ``launch``; bad input exits with its message only."""
+def run_tool(
+    main: Callable[..., Any], args: argparse.Namespace, main_args: tuple | None = None
+) -> None:
+    """Run ``main(*main_args)`` (default ``main(args)``) under Detectron2's ``launch``.
+
+    Bad input (:class:`InputError`) exits with its message only, no stack trace.
+    """
     try:
         launch(
             main,
@@ -67,7 +72,7 @@ def run_tool(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
-            args=(args,),
+            args=(args,) if main_args is None else main_args,
         )
     except InputError as e:
         sys.exit(f"error: {e}")

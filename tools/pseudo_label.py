@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""The teacher pseudo-labels unlabeled images into a pseudo-label store.
+
+    python tools/pseudo_label.py --config TEACHER_CFG --input DATASET_OR_FOLDER --output DIR \\
+        MODEL.WEIGHTS path/to/teacher/model_final.pth
+    python tools/pseudo_label.py ... --resume              # continue an interrupted run in DIR
+    python tools/pseudo_label.py ... --num-gpus 8          # Detectron2's launch (gloo on the CPU)
+
+The store is DIR/store (train a student with SSDET.PSEUDO_LABELS.STORE DIR/store); the report of
+the student's filter is DIR/report.{json,png}. See ssdet/engine/pseudo_labeling.py.
+"""
+
+import sys
+
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ssdet.engine import run_tool, setup_cfg
+from ssdet.engine.pseudo_labeling import (
+    check_output_dir,
+    label_images,
+    labeling_argument_parser,
+    prepare_labeling,
+)
+from ssdet.utils.errors import InputError
+
+
+def main(cfg, plan):
+    """One rank: set up its logging (launch's worker processes start bare), then label."""
+    rank = comm.get_rank()
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="ssdet", abbrev_name="ssdet")
+    return label_images(cfg, plan)
+
+
+if __name__ == "__main__":
+    args = labeling_argument_parser().parse_args()
+    # Input is checked here, in the launching process, before any worker starts: a worker's
+    # InputError would reach the user as a traceback of torch.multiprocessing.
+    try:
+        check_output_dir(args.output, args.resume)  # before setup_cfg writes config.yaml there
+        args.opts = [*args.opts, "OUTPUT_DIR", args.output]
+        cfg = setup_cfg(args)
+        plan = prepare_labeling(
+            cfg,
+            args.input,
+            args.output,
+            config_path=args.config_file,
+            resume=args.resume,
+            chunk_size=args.chunk_size,
+            batch_size=args.batch_size,
+            amp=not args.no_amp,
+        )
+    except InputError as e:
+        sys.exit(f"error: {e}")
+    run_tool(main, args, main_args=(cfg, plan))
