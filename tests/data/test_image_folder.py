@@ -56,3 +56,11 @@ def test_missing_and_empty_folders(tmp_path):
     (tmp_path / "empty" / "cls").mkdir()
     with pytest.raises(InputError, match="no image files"):
         ImageFolderListing(str(tmp_path / "empty"), cache_dir=str(tmp_path / "cache"))
+
+
+def test_non_ascii_names(tmp_path):
+    root = make_folder(tmp_path / "train", {"café": 1})
+    os.rename(os.path.join(root, "café", "img_0.jpg"), os.path.join(root, "café", "über.jpg"))
+    listing = ImageFolderListing(root, cache_dir=str(tmp_path / "cache"))
+    assert listing[0]["file_name"] == os.path.join(root, "café", "über.jpg")
+    assert listing.relative_paths() == ["café/über.jpg"]
