@@ -69,7 +69,7 @@ class ImageFolderListing(Sequence):
         key = hashlib.sha1(self.root.encode()).hexdigest()[:16]
         cache_file = os.path.join(cache_dir, f"listing-v{_CACHE_VERSION}-{key}.npz")
         fingerprint = self._fingerprint()
-        names = np.array(self.class_names, dtype=np.bytes_)
+        names = np.array([c.encode() for c in self.class_names], dtype=np.bytes_)
         if os.path.exists(cache_file):
             try:
                 with np.load(cache_file) as cached:
