@@ -120,3 +120,18 @@ def add_ssdet_config(cfg: CN) -> None:
     # Dropout probability (0-1) on the RetinaNet head's last hidden features, just before its
     # class and box prediction convs (every FPN level).
     _C.SSDET.NOISE.DROPOUT = 0.0
+
+    # ---------------------------------------------------------------------------------------------
+    # Self-training experiment (tools/self_train.py, ssdet/engine/self_training.py): teacher ->
+    # pseudo labels -> student, for one or more Noisy Student rounds. Owned by self_train.
+    # ---------------------------------------------------------------------------------------------
+    _C.SSDET.EXPERIMENT = CN()
+
+    # ---------------------------------------------------------------------------------------------
+    # Backbone initialization (ssdet/modeling/init.py, tools/convert_pretrained.py). Owned by init.
+    # ---------------------------------------------------------------------------------------------
+
+    # ---------------------------------------------------------------------------------------------
+    # Joint training: detection + ImageNet classification (ssdet/modeling/joint.py). Owned by joint.
+    # ---------------------------------------------------------------------------------------------
+    _C.SSDET.JOINT = CN()
