@@ -126,12 +126,137 @@ def add_ssdet_config(cfg: CN) -> None:
     # pseudo labels -> student, for one or more Noisy Student rounds. Owned by self_train.
     # ---------------------------------------------------------------------------------------------
     _C.SSDET.EXPERIMENT = CN()
+    # The teacher's config file (YAML). A relative path is looked up next to the experiment config
+    # first, then from the current directory.
+    _C.SSDET.EXPERIMENT.TEACHER_CONFIG = ""
+    # Config overrides [KEY, VALUE, ...] for the teacher only, applied after the command line's
+    # (which apply to every stage), so that they hold for the teacher whatever it says.
+    _C.SSDET.EXPERIMENT.TEACHER_OPTS = []
+    # The teacher's checkpoint: "" = train the teacher with TEACHER_CONFIG; a path = load it and
+    # only evaluate it.
+    _C.SSDET.EXPERIMENT.TEACHER_WEIGHTS = ""
+    # The unlabeled images the teacher labels: a registered dataset (e.g. "imagenet_train",
+    # "mini_imagenet_train") or an image folder, as tools/pseudo_label.py --input takes.
+    _C.SSDET.EXPERIMENT.UNLABELED_DATASET = ""
+    # Noisy Student rounds (>= 1): the student of round k is the teacher of round k + 1.
+    _C.SSDET.EXPERIMENT.ROUNDS = 1
+    # Initialization of each student: "config" = as this config says (MODEL.WEIGHTS, SSDET.INIT;
+    # the paper's), "teacher" = its teacher's final weights (fine-tuning the teacher).
+    _C.SSDET.EXPERIMENT.STUDENT_INIT = "config"
 
     # ---------------------------------------------------------------------------------------------
     # Backbone initialization (ssdet/modeling/init.py, tools/convert_pretrained.py). Owned by init.
     # ---------------------------------------------------------------------------------------------
+    # The backbone init of a run that starts training (not of --resume from a checkpoint): "RAND"
+    # (Rand Init: Detectron2's random init, training from scratch), "IMAGENET" (supervised
+    # pre-training) or "SIMCLR" (self-supervised), the last two loaded from INIT_WEIGHTS into the
+    # bottom-up ResNet. RAND needs normalization that trains in backbone, FPN and head
+    # (MODEL.RESNETS.NORM, FPN.NORM, RETINANET.NORM "BN", "SyncBN" or "GN", never "FrozenBN"),
+    # MODEL.BACKBONE.FREEZE_AT 0 and a longer schedule than fine-tuning (He et al. 2019: about
+    # 2-3x). The mini and COCO configs train every norm with FREEZE_AT 0, for all three inits.
+    # The init used is written to OUTPUT_DIR/init.json and final_metrics.json.
+    _C.SSDET.INIT = "RAND"
+    # Backbone checkpoint in ssdet's format (tools/convert_pretrained.py, tools/pretrain.py) that
+    # IMAGENET and SIMCLR load; must be "" for RAND. With it, MODEL.WEIGHTS must be "": a detector
+    # checkpoint in MODEL.WEIGHTS (loaded by Detectron2) initializes the model with INIT RAND.
+    _C.SSDET.INIT_WEIGHTS = ""
 
     # ---------------------------------------------------------------------------------------------
     # Joint training: detection + ImageNet classification (ssdet/modeling/joint.py). Owned by joint.
     # ---------------------------------------------------------------------------------------------
     _C.SSDET.JOINT = CN()
+    # Train the detector jointly with ImageNet classification: a classification head (global
+    # average pool + linear layer) on the backbone, fed by labeled image-folder batches alongside
+    # the detection batches (Trainer and StudentTrainer). The head is dropped from the exported
+    # detector (OUTPUT_DIR/model_final_detector.pth).
+    _C.SSDET.JOINT.ENABLED = False
+    # Registered ImageNet-layout folder dataset (<split>/<class>/<image>) of the classification
+    # images and labels, e.g. "imagenet_train" or "mini_imagenet_train".
+    _C.SSDET.JOINT.DATASET = "imagenet_train"
+    # Classes of the classification head; 0 = the number of class folders of DATASET. A non-zero
+    # value must equal that number.
+    _C.SSDET.JOINT.NUM_CLASSES = 0
+    # Classification images per step over all processes (divided evenly among them), in addition
+    # to the SOLVER.IMS_PER_BATCH detection images.
+    _C.SSDET.JOINT.IMS_PER_BATCH = 16
+    # Weight (dimensionless, >= 0) of the classification cross-entropy added to the detection
+    # loss, logged as loss_joint_cls.
+    _C.SSDET.JOINT.LOSS_WEIGHT = 1.0
+    # Side (pixels) of the square classification images, after the random crop.
+    _C.SSDET.JOINT.IMAGE_SIZE = 224
+    # Random crop of each classification image before resizing: its height and width are each a
+    # uniform fraction in [MIN_CROP_FRACTION, 1] of the image's (1 = no crop). A horizontal flip
+    # with probability 0.5 follows.
+    _C.SSDET.JOINT.MIN_CROP_FRACTION = 0.5
+    # Bottom-up (ResNet) feature the head pools, e.g. "res5" (the last stage); it must be one of
+    # MODEL.RESNETS.OUT_FEATURES.
+    _C.SSDET.JOINT.FEATURE = "res5"
+    # Seed (integer) of the shuffle of the classification images; negative = a random seed
+    # shared by all processes (Detectron2's default).
+    _C.SSDET.JOINT.SAMPLER_SEED = 0
+    # DataLoader worker processes of the classification batches; 0 = load in the main process.
+    _C.SSDET.JOINT.NUM_WORKERS = 2
+
+    # ---------------------------------------------------------------------------------------------
+    # Pre-training (tools/pretrain.py). Owned by pretrain. The detector's ResNet (MODEL.RESNETS:
+    # depth, widths, norm) is trained on an ImageNet-layout folder, supervised or with SimCLR, and
+    # exported as a backbone checkpoint for SSDET.INIT. The optimizer and schedule are SOLVER.*.
+    # ---------------------------------------------------------------------------------------------
+    _C.SSDET.PRETRAIN = CN()
+    # Pre-training method: "supervised" (cross-entropy over the folder's classes) or "simclr"
+    # (two augmented views per image, NT-Xent loss; the labels are not used for training).
+    _C.SSDET.PRETRAIN.METHOD = "supervised"
+    # Training images: a registered ImageNet-layout dataset (e.g. "mini_imagenet_train", or
+    # "mini_imagenet" for its _train split) or a folder holding train/<class>/ and val/<class>/.
+    _C.SSDET.PRETRAIN.DATASET = ""
+    # Validation images (top-1, linear probe): a registered dataset or a split folder <class>/;
+    # "" = the DATASET's val split (<folder>/val, or the registered name with _train -> _val).
+    _C.SSDET.PRETRAIN.VAL_DATASET = ""
+    # Side of the square training crops and evaluation center crops (pixels).
+    _C.SSDET.PRETRAIN.IMAGE_SIZE = 224
+    # Area range (min, max) of the random resized crop, as fractions of the image area.
+    _C.SSDET.PRETRAIN.CROP_SCALE = (0.08, 1.0)
+    # Images per process per batch in evaluation and linear-probe feature extraction.
+    _C.SSDET.PRETRAIN.EVAL_BATCH_SIZE = 64
+
+    _C.SSDET.PRETRAIN.SIMCLR = CN()
+    # NT-Xent softmax temperature (dimensionless, > 0).
+    _C.SSDET.PRETRAIN.SIMCLR.TEMPERATURE = 0.2
+    # Output size of the projection head (the embedding the loss compares), channels.
+    _C.SSDET.PRETRAIN.SIMCLR.PROJECTION_DIM = 128
+    # Hidden size of the projection head MLP, channels; 0 = the backbone's feature size.
+    _C.SSDET.PRETRAIN.SIMCLR.PROJECTION_HIDDEN_DIM = 0
+    # Color jitter strength s (SimCLR's): brightness, contrast, saturation 0.8 s, hue 0.2 s.
+    _C.SSDET.PRETRAIN.SIMCLR.COLOR_JITTER_STRENGTH = 1.0
+    # Probability (0-1) that a view is color jittered.
+    _C.SSDET.PRETRAIN.SIMCLR.COLOR_JITTER_PROB = 0.8
+    # Probability (0-1) that a view is converted to grayscale.
+    _C.SSDET.PRETRAIN.SIMCLR.GRAYSCALE_PROB = 0.2
+    # Probability (0-1) that a view is Gaussian blurred (kernel 10% of IMAGE_SIZE, sigma 0.1-2 px).
+    _C.SSDET.PRETRAIN.SIMCLR.BLUR_PROB = 0.5
+    # Negatives from every process's batch (embeddings gathered with gradient) when True; only
+    # from the process's own batch when False.
+    _C.SSDET.PRETRAIN.SIMCLR.GATHER_NEGATIVES = True
+
+    # Linear probe of SimCLR: frozen backbone features -> multinomial logistic regression fitted
+    # on the train split, top-1 on the val split.
+    _C.SSDET.PRETRAIN.LINEAR_PROBE = CN()
+    # Train images per class the probe is fitted on (the first ones of each class); 0 = all.
+    _C.SSDET.PRETRAIN.LINEAR_PROBE.TRAIN_IMAGES_PER_CLASS = 0
+    # L2 penalty on the probe's weights (0.5 * WEIGHT_DECAY * |W|^2 added to the mean loss).
+    _C.SSDET.PRETRAIN.LINEAR_PROBE.WEIGHT_DECAY = 1e-4
+    # Iterations of full-batch L-BFGS fitting the probe.
+    _C.SSDET.PRETRAIN.LINEAR_PROBE.MAX_ITER = 200
+    # Also probe a randomly initialized backbone of the same architecture (the baseline that
+    # shows what pre-training added), reported as linear_probe_top1_random_init.
+    _C.SSDET.PRETRAIN.LINEAR_PROBE.RANDOM_INIT_BASELINE = False
+
+    # ---------------------------------------------------------------------------------------------
+    # Optimizer (ssdet/solver/build.py). The schedule, clipping and weight decay are SOLVER.*.
+    # ---------------------------------------------------------------------------------------------
+    _C.SSDET.SOLVER = CN()
+    # "SGD" (Detectron2's, with SOLVER.MOMENTUM) or "ADAMW" (converges faster from scratch in short
+    # schedules; SOLVER.WEIGHT_DECAY is then decoupled weight decay).
+    _C.SSDET.SOLVER.OPTIMIZER = "SGD"
+    # AdamW's (beta1, beta2) moment decay rates.
+    _C.SSDET.SOLVER.BETAS = (0.9, 0.999)

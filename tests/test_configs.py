@@ -15,6 +15,8 @@ CONFIGS = sorted(
     p
     for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
     if not os.path.basename(p).startswith("Base-")
+    # configs/ablations/ holds grid files of tools/ablate.py, not Detectron2 configs.
+    and os.path.relpath(p, os.path.join(REPO, "configs")).split(os.sep)[0] != "ablations"
 )
 
 

@@ -7,6 +7,7 @@ from ssdet.engine.defaults import (
     setup_cfg,
     write_final_metrics,
 )
+from ssdet.engine.self_training import run_self_training
 from ssdet.engine.student import (
     AMPStudentTrainer,
     PseudoLossWeighting,
@@ -23,6 +24,7 @@ __all__ = [
     "Trainer",
     "argument_parser",
     "format_ap_table",
+    "run_self_training",
     "run_tool",
     "setup_cfg",
     "write_final_metrics",

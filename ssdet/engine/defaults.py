@@ -33,26 +33,43 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def load_cfg(config_file: str, opts: list | None = None) -> CfgNode:
+    """Build a run's config from a YAML file and ``KEY VALUE`` overrides, without setting up.
+
+    Args:
+        config_file: the YAML config file.
+        opts: flat ``[KEY, VALUE, ...]`` overrides applied after the file.
+
+    Returns:
+        The config, not frozen. ``MODEL.DEVICE`` "cuda" becomes "cpu" when no GPU is present.
+
+    Raises:
+        InputError: no or a missing config file, or a bad key or value.
+    """
+    if not config_file:
+        raise InputError("No config given: pass --config FILE (see configs/).")
+    if not os.path.isfile(config_file):
+        raise InputError(f"Config file {config_file!r} not found.")
+    cfg = get_cfg()
+    add_ssdet_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(opts or [])
+    except (KeyError, ValueError, AssertionError) as e:
+        raise InputError(f"Bad config {config_file!r} or command-line option: {e}") from e
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        # The same config runs on a GPU machine and, smaller, on a laptop or CI.
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
     """Build the frozen config of a run from ``--config`` and ``opts``, and set the run up.
 
     Detectron2's ``default_setup`` then writes the resolved config to ``OUTPUT_DIR/config.yaml``,
     sets up logging and seeds every RNG from ``SEED`` (plus the rank).
     """
-    if not args.config_file:
-        raise InputError("No config given: pass --config FILE (see configs/).")
-    if not os.path.isfile(args.config_file):
-        raise InputError(f"Config file {args.config_file!r} not found.")
-    cfg = get_cfg()
-    add_ssdet_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts or [])
-    except (KeyError, ValueError, AssertionError) as e:
-        raise InputError(f"Bad config {args.config_file!r} or command-line option: {e}") from e
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        # The same config runs on a GPU machine and, smaller, on a laptop or CI.
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = load_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -78,17 +95,20 @@ def run_tool(
         sys.exit(f"error: {e}")
 
 
-def format_ap_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+def format_ap_table(
+    results: dict[str, dict[str, dict[str, float]]], row_label: str = "dataset"
+) -> str:
     """A Markdown table of COCO box AP, one row per evaluated dataset.
 
     Args:
         results: ``{dataset: {"bbox": {"AP": ..., ...}}}`` as ``DefaultTrainer.test`` returns it
-            (a single dataset's ``{"bbox": ...}`` is also accepted).
+            (a single dataset's ``{"bbox": ...}`` is also accepted). Any row names work.
+        row_label: the header of the first column, what the rows are.
     """
     if "bbox" in results:
         results = {"": results}
     lines = [
-        "| dataset | " + " | ".join(COCO_METRICS) + " |",
+        f"| {row_label} | " + " | ".join(COCO_METRICS) + " |",
         "|---|" + "---:|" * len(COCO_METRICS),
     ]
     for name, res in results.items():
@@ -126,6 +146,9 @@ def write_final_metrics(cfg: CfgNode, results: dict, started: float, config_file
                 "results": _nan_to_none(results),
                 "config_file": config_file,
                 "seed": cfg.SEED,
+                # The backbone init (Rand / ImageNet / SimCLR); OUTPUT_DIR/init.json has details.
+                "init": cfg.SSDET.INIT,
+                "init_weights": cfg.SSDET.INIT_WEIGHTS,
                 "wall_time_s": round(time.time() - started, 1),
                 "ssdet_version": ssdet.__version__,
             },

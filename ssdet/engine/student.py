@@ -36,6 +36,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from ssdet.data.joint import JointBatch, add_classification_batches
 from ssdet.data.mixed import MixedBatch, build_mixed_train_loader
 from ssdet.engine.trainer import Trainer
 from ssdet.modeling.noise import add_student_noise
@@ -205,7 +206,10 @@ class SimpleStudentTrainer(SimpleTrainer):
     steps (averaged over processes): ``total_loss`` (the objective), ``loss_human``,
     ``loss_pseudo``, ``pseudo_loss_weight``, ``loss_human_avg`` / ``loss_pseudo_avg`` (moving
     averages), and each part's loss components as ``human/<name>`` and ``pseudo/<name>``.
-    Metrics are written synchronously: the finite-loss check must precede the optimizer step.
+    With joint training the loader yields :class:`~ssdet.data.joint.JointBatch` pairs of a
+    :class:`MixedBatch` and classification images, whose ``loss_joint_cls`` is added to the
+    objective (outside the pseudo-label weighting) and logged. Metrics are written
+    synchronously: the finite-loss check must precede the optimizer step.
 
     Args:
         model, data_loader, optimizer: as for :class:`SimpleTrainer`.
@@ -232,8 +236,11 @@ class SimpleStudentTrainer(SimpleTrainer):
         """One step: forward both parts, combine their losses, backward, log, update."""
         assert self.model.training, "[SimpleStudentTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        batch: MixedBatch = next(self._data_loader_iter)
+        batch: MixedBatch | JointBatch = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
+        classification = None
+        if isinstance(batch, JointBatch):
+            batch, classification = batch.detection, batch.classification
 
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
@@ -242,12 +249,16 @@ class SimpleStudentTrainer(SimpleTrainer):
             for part, images in ((HUMAN, batch.human), (PSEUDO, batch.pseudo)):
                 if images:
                     loss_dicts[part] = self._part_losses(part, images)
+            # Through the (DDP-wrapped) model, so that the joint head's gradients are reduced.
+            joint_losses = self.model(classification) if classification is not None else {}
         loss = self.loss_weighting(loss_dicts.get(HUMAN, {}), loss_dicts.get(PSEUDO, {}))
+        if joint_losses:
+            loss = loss._replace(total=loss.total + sum(joint_losses.values()))
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         self._backward(loss.total)
         self.after_backward()
-        self._check_and_write_metrics(loss_dicts, loss, data_time)
+        self._check_and_write_metrics(loss_dicts, loss, data_time, joint_losses)
         self._optimizer_step()
 
     def _part_losses(self, part: str, images: list[dict]) -> dict[str, torch.Tensor]:
@@ -274,7 +285,11 @@ class SimpleStudentTrainer(SimpleTrainer):
         self.optimizer.step()
 
     def _check_and_write_metrics(
-        self, loss_dicts: dict[str, dict[str, torch.Tensor]], loss: StudentLoss, data_time: float
+        self,
+        loss_dicts: dict[str, dict[str, torch.Tensor]],
+        loss: StudentLoss,
+        data_time: float,
+        joint_losses: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         """Stop on a non-finite loss, naming the part; write the metrics every period.
 
@@ -286,6 +301,7 @@ class SimpleStudentTrainer(SimpleTrainer):
             for part, losses in loss_dicts.items()
             for name, value in losses.items()
         }
+        scalars.update(joint_losses or {})
         scalars["total_loss"] = loss.total
         for name, value in (
             ("loss_human", loss.human),
@@ -402,4 +418,4 @@ class StudentTrainer(Trainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_mixed_train_loader(cfg)
+        return add_classification_batches(build_mixed_train_loader(cfg), cfg)

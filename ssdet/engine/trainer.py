@@ -9,10 +9,17 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
 from ssdet.data import check_num_classes, check_registered, get_labeled_dataset_dicts
 from ssdet.data.augment import PolicyDatasetMapper
+from ssdet.data.joint import add_classification_batches
+from ssdet.engine.joint import JointTrainerMixin
+from ssdet.modeling.init import apply_backbone_init
+from ssdet.solver import build_optimizer
 
 
-class Trainer(DefaultTrainer):
+class Trainer(JointTrainerMixin, DefaultTrainer):
     """``DefaultTrainer`` with ssdet's labeled subsets, Augment-S1..S4 policies and COCO AP.
+
+    With ``SSDET.JOINT.ENABLED`` it trains detection and classification jointly
+    (:class:`~ssdet.engine.joint.JointTrainerMixin`).
 
     Checkpointing, the LR schedule, periodic evaluation, logging and ``launch`` are Detectron2's.
     """
@@ -20,9 +27,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         mapper = PolicyDatasetMapper(cfg, is_train=True)
-        return build_detection_train_loader(
+        loader = build_detection_train_loader(
             cfg, mapper=mapper, dataset=get_labeled_dataset_dicts(cfg)
         )
+        return add_classification_batches(loader, cfg)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -30,6 +38,10 @@ class Trainer(DefaultTrainer):
         loader = build_detection_test_loader(cfg, dataset_name)
         check_num_classes(cfg, dataset_name)
         return loader
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model):
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(
@@ -46,3 +58,13 @@ class Trainer(DefaultTrainer):
         """
         super().train()
         return getattr(self, "_last_eval_results", None)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Detectron2's ``resume_or_load``; a run that starts fresh first gets its backbone init.
+
+        ``SSDET.INIT`` is applied (and recorded in ``OUTPUT_DIR/init.json``) unless the run
+        resumes from a checkpoint in ``OUTPUT_DIR``; see :mod:`ssdet.modeling.init`.
+        """
+        if not (resume and self.checkpointer.has_checkpoint()):
+            apply_backbone_init(self.checkpointer.model, self.cfg)
+        super().resume_or_load(resume=resume)

@@ -1,16 +1,21 @@
-"""ssdet's models. Importing this module registers its backbones with Detectron2."""
+"""ssdet's models. Importing this module registers its backbones and meta-architectures with
+Detectron2."""
 
 from ssdet.modeling.backbone import (
     build_ssdet_resnet_backbone,
     build_ssdet_retinanet_resnet_fpn_backbone,
 )
+from ssdet.modeling.joint import JointClassificationHead, JointRetinaNet, detector_state_dict
 from ssdet.modeling.noise import DropPath, add_drop_path, add_head_dropout, add_student_noise
 
 __all__ = [
     "DropPath",
+    "JointClassificationHead",
+    "JointRetinaNet",
     "add_drop_path",
     "add_head_dropout",
     "add_student_noise",
     "build_ssdet_resnet_backbone",
     "build_ssdet_retinanet_resnet_fpn_backbone",
+    "detector_state_dict",
 ]

@@ -1,0 +1,353 @@
+"""Render a grid's results in the paper's table shapes (Markdown, CSV, LaTeX) and as plots.
+
+Tables (one per labeled fraction, or per augmentation for the data-size table):
+
+1. Supervised AP by init x augmentation (the paper's Rand / ImageNet / SimCLR rows, S1..S4).
+2. Pre-training vs self-training by augmentation: Rand Init supervised, then each pre-trained init
+   and each init with self-training, as AP and delta against Rand Init supervised.
+3. The same by labeled fraction.
+4. Joint training and all three, with the rows of table 2 for comparison (grids with joint or
+   all-three runs).
+
+Every cell is "mean ± std (delta)" of COCO AP over seeds; "-" marks a cell without results.
+Seeds whose value is NaN (null in final_metrics.json) are left out of the mean.
+"""
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ssdet.ablation.collect import Cell, CellStats, RunResult
+from ssdet.ablation.grid import INIT_LABELS, METHOD_LABELS, Grid, format_fraction
+from ssdet.engine.defaults import COCO_METRICS
+from ssdet.utils.io import atomic_open
+
+# A cell without finished runs, and one whose finished runs have no value (COCO gives none, e.g.
+# Detectron2's NaN for a model without detections; written as null in final_metrics.json).
+MISSING = "-"
+NO_VALUE = "nan"
+
+
+@dataclass
+class Table:
+    """One rendered table.
+
+    Attributes:
+        title: its caption.
+        columns: the column headers (after the row-label column, headed "Setup").
+        rows: (label, cells, whether the cells show the delta against Rand Init supervised).
+            A cell is None where the grid has no such run.
+    """
+
+    title: str
+    columns: list[str]
+    rows: list[tuple[str, list[CellStats | None], bool]]
+
+
+def row_label(init: str, method: str) -> str:
+    """A table row's name in the paper's words, e.g. "ImageNet Init, self-training"."""
+    return f"{INIT_LABELS[init]}, {METHOD_LABELS[method]}"
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:g}% labeled"
+
+
+def build_tables(grid: Grid, stats: dict[Cell, CellStats]) -> list[Table]:
+    """The paper's table shapes, for the cells this grid has.
+
+    Args:
+        grid: the grid (axis order gives row and column order).
+        stats: :func:`ssdet.ablation.collect.aggregate`'s output.
+    """
+    inits, augs = grid.axes["init"], grid.axes["augmentation"]
+    fractions, methods = grid.axes["fraction"], grid.axes["method"]
+    aug_cols = [f"Augment-{a}" for a in augs]
+
+    def row(init: str, method: str, cells: Sequence[Cell]) -> tuple[str, list, bool]:
+        show_delta = (init, method) != ("rand", "supervised")
+        return row_label(init, method), [stats.get(c) for c in cells], show_delta
+
+    def rows_for(method_set: Sequence[str]) -> list[tuple[str, str]]:
+        # Rand Init supervised (the reference) first, then pre-training, then the other methods.
+        pairs = [(i, m) for m in methods if m in method_set for i in inits]
+        pairs = [p for p in pairs if p in _present(stats)]
+        return sorted(pairs, key=lambda p: (p != ("rand", "supervised"), methods.index(p[1])))
+
+    tables = []
+    if "supervised" in methods:
+        for f in fractions:
+            tables.append(
+                Table(
+                    f"Table 1: supervised AP by init and augmentation ({_percent(f)})",
+                    aug_cols,
+                    [row(i, "supervised", [(i, a, f, "supervised") for a in augs]) for i in inits],
+                )
+            )
+    compared = rows_for(("supervised", "self_training"))
+    if compared:
+        for f in fractions:
+            tables.append(
+                Table(
+                    f"Table 2: pre-training vs self-training by augmentation ({_percent(f)})",
+                    aug_cols,
+                    [row(i, m, [(i, a, f, m) for a in augs]) for i, m in compared],
+                )
+            )
+        for a in augs:
+            tables.append(
+                Table(
+                    f"Table 3: pre-training vs self-training by labeled fraction (Augment-{a})",
+                    [_percent(f) for f in fractions],
+                    [row(i, m, [(i, a, f, m) for f in fractions]) for i, m in compared],
+                )
+            )
+    if {"joint", "all_three"} & set(methods):
+        every = rows_for(tuple(METHOD_LABELS))
+        for f in fractions:
+            tables.append(
+                Table(
+                    f"Table 4: joint training and all three by augmentation ({_percent(f)})",
+                    aug_cols,
+                    [row(i, m, [(i, a, f, m) for a in augs]) for i, m in every],
+                )
+            )
+    return tables
+
+
+def _present(stats: dict[Cell, CellStats]) -> set[tuple[str, str]]:
+    return {(init, method) for init, _, _, method in stats}
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.1f}"
+
+
+def format_cell(s: CellStats | None, show_delta: bool, num_seeds: int, metric: str = "AP") -> str:
+    """A cell's text: "mean ± std (delta)", "[n=k]" when fewer than ``num_seeds`` seeds finished.
+
+    Args:
+        s: the cell's statistics, None where the grid has no such run.
+        show_delta: whether to add the delta against Rand Init supervised.
+        num_seeds: the grid's seed count.
+        metric: the COCO metric shown.
+    """
+    if s is None or s.n == 0:
+        return MISSING
+    if math.isnan(s.mean[metric]):
+        return NO_VALUE
+    text = f"{s.mean[metric]:.1f}"
+    if not math.isnan(s.std[metric]):
+        text += f" ± {s.std[metric]:.1f}"
+    if show_delta and not math.isnan(s.delta[metric]):
+        text += f" ({_signed(s.delta[metric])})"
+    if s.n < num_seeds:
+        text += f" [n={s.n}]"
+    return text
+
+
+def _legend(grid: Grid) -> str:
+    seeds = grid.axes["seed"]
+    return (
+        f"COCO AP (box), mean ± sample std over {len(seeds)} seed(s) {seeds}; (+x.x) = AP minus "
+        "Rand Init supervised at the same augmentation and labeled fraction; [n=k] = only k "
+        f"seeds finished; {MISSING} = no finished run; {NO_VALUE} = finished runs without a value."
+    )
+
+
+def _unfinished(results: Sequence[RunResult]) -> list[RunResult]:
+    return [r for r in results if r.state != "done"]
+
+
+def _counts(results: Sequence[RunResult]) -> str:
+    done = sum(r.state == "done" for r in results)
+    states = {}
+    for r in _unfinished(results):
+        states[r.state] = states.get(r.state, 0) + 1
+    extra = "".join(f", {n} {state}" for state, n in sorted(states.items()))
+    return f"{len(results)} runs: {done} finished{extra}"
+
+
+def render_markdown(grid: Grid, tables: Sequence[Table], results: Sequence[RunResult]) -> str:
+    """All tables as Markdown, then the runs without results (state, return code, message)."""
+    num_seeds = len(grid.axes["seed"])
+    out = [f"# Ablation: {grid.name}", "", f"Grid `{grid.path}`; {_counts(results)}.", ""]
+    out += [_legend(grid), ""]
+    for t in tables:
+        out += [f"## {t.title}", "", "| Setup | " + " | ".join(t.columns) + " |"]
+        out.append("|---|" + "---:|" * len(t.columns))
+        for label, cells, show_delta in t.rows:
+            texts = [format_cell(c, show_delta, num_seeds) for c in cells]
+            out.append(f"| {label} | " + " | ".join(texts) + " |")
+        out.append("")
+    unfinished = _unfinished(results)
+    if unfinished:
+        out += ["## Runs without results", "", "| run | state | return code | message |"]
+        out.append("|---|---|---:|---|")
+        for r in unfinished:
+            message = r.message.replace("|", "\\|")
+            code = MISSING if r.returncode is None else r.returncode
+            out.append(f"| {r.run.name} | {r.state} | {code} | {message} |")
+        out.append("")
+    return "\n".join(out)
+
+
+_TEX_ESCAPES = {c: "\\" + c for c in "&%$#_{}"} | {"±": "$\\pm$"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(c, c) for c in text)
+
+
+def render_latex(grid: Grid, tables: Sequence[Table], results: Sequence[RunResult]) -> str:
+    """All tables as LaTeX ``table`` environments (booktabs), runs without results as comments."""
+    num_seeds = len(grid.axes["seed"])
+    out = [
+        f"% Ablation {_tex(grid.name)}: grid {grid.path}; {_counts(results)}.",
+        "% " + _legend(grid),
+        "% Needs \\usepackage{booktabs}.",
+    ]
+    for r in _unfinished(results):
+        line = f"% {r.state} {r.run.name}"
+        if r.returncode is not None:
+            line += f" (return code {r.returncode})"
+        if r.message:
+            line += ": " + " ".join(r.message.split())
+        out.append(line)
+    for t in tables:
+        out += [
+            "",
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{_tex(t.title)}}}",
+            "\\begin{tabular}{l" + "c" * len(t.columns) + "}",
+            "\\toprule",
+            "Setup & " + " & ".join(_tex(c) for c in t.columns) + " \\\\",
+            "\\midrule",
+        ]
+        for label, cells, show_delta in t.rows:
+            texts = [_tex(format_cell(c, show_delta, num_seeds)) for c in cells]
+            out.append(f"{_tex(label)} & " + " & ".join(texts) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+CSV_KEYS = ("init", "augmentation", "fraction", "method", "n", "seeds")
+
+
+def csv_header() -> list[str]:
+    """Columns of ``tables.csv``: the cell, its seeds, then mean, std and delta of each metric."""
+    return [*CSV_KEYS] + [f"{m}_{s}" for m in COCO_METRICS for s in ("mean", "std", "delta")]
+
+
+def write_csv(path: str, stats: dict[Cell, CellStats]) -> None:
+    """Every cell of the grid, one row each, with every COCO metric (empty = no value)."""
+
+    def num(x: float) -> str:
+        return "" if math.isnan(x) else f"{x:.4f}"
+
+    with atomic_open(path) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(csv_header())
+        for (init, aug, fraction, method), s in stats.items():
+            values = [num(getattr(s, k)[m]) for m in COCO_METRICS for k in ("mean", "std", "delta")]
+            seeds = " ".join(map(str, s.seeds))
+            writer.writerow([init, aug, format_fraction(fraction), method, s.n, seeds, *values])
+
+
+def _save(fig: Figure, path: str) -> None:
+    FigureCanvasAgg(fig)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+
+
+def _panels(n: int, title: str) -> tuple[Figure, list]:
+    fig = Figure(figsize=(4.2 * n, 3.6), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)[0]
+    fig.suptitle(title)
+    return fig, list(axes)
+
+
+def _line(ax, xs: Sequence[float], cells: Sequence[CellStats | None], label: str) -> None:
+    means = [c.mean["AP"] if c else math.nan for c in cells]
+    stds = [c.std["AP"] if c and not math.isnan(c.std["AP"]) else 0.0 for c in cells]
+    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+
+
+def plot_ap_vs_augmentation(path: str, grid: Grid, stats: dict[Cell, CellStats]) -> None:
+    """AP against augmentation strength (S1..S4), one line per init, one panel per method.
+
+    Drawn at the grid's largest labeled fraction.
+    """
+    augs, fraction = grid.axes["augmentation"], max(grid.axes["fraction"])
+    methods = grid.axes["method"]
+    fig, axes = _panels(len(methods), f"AP vs augmentation ({_percent(fraction)})")
+    for ax, method in zip(axes, methods, strict=True):
+        for init in grid.axes["init"]:
+            cells = [stats.get((init, a, fraction, method)) for a in augs]
+            if any(c is not None for c in cells):
+                _line(ax, range(len(augs)), cells, INIT_LABELS[init])
+        ax.set_xticks(range(len(augs)), [f"Augment-{a}" for a in augs])
+        ax.set_title(METHOD_LABELS[method])
+        ax.set_ylabel("COCO AP")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def plot_ap_vs_fraction(path: str, grid: Grid, stats: dict[Cell, CellStats]) -> None:
+    """AP against the labeled fraction, one line per method, one panel per init.
+
+    Drawn at the grid's last (strongest) augmentation.
+    """
+    fractions, aug = sorted(grid.axes["fraction"]), grid.axes["augmentation"][-1]
+    inits = grid.axes["init"]
+    fig, axes = _panels(len(inits), f"AP vs labeled fraction (Augment-{aug})")
+    for ax, init in zip(axes, inits, strict=True):
+        for method in grid.axes["method"]:
+            cells = [stats.get((init, aug, f, method)) for f in fractions]
+            if any(c is not None for c in cells):
+                _line(ax, [100 * f for f in fractions], cells, METHOD_LABELS[method])
+        ax.set_xticks([100 * f for f in fractions])
+        ax.set_xlabel("labeled data (%)")
+        ax.set_title(INIT_LABELS[init])
+        ax.set_ylabel("COCO AP")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def render_all(
+    output_dir: str, grid: Grid, stats: dict[Cell, CellStats], results: Sequence[RunResult]
+) -> list[str]:
+    """Write tables.md, tables.csv, tables.tex, ap_vs_augmentation.png and ap_vs_fraction.png.
+
+    Returns:
+        The paths written.
+    """
+    tables = build_tables(grid, stats)
+    paths = {
+        name: os.path.join(output_dir, name)
+        for name in (
+            "tables.md",
+            "tables.csv",
+            "tables.tex",
+            "ap_vs_augmentation.png",
+            "ap_vs_fraction.png",
+        )
+    }
+    with atomic_open(paths["tables.md"]) as f:
+        f.write(render_markdown(grid, tables, results))
+    write_csv(paths["tables.csv"], stats)
+    with atomic_open(paths["tables.tex"]) as f:
+        f.write(render_latex(grid, tables, results))
+    plot_ap_vs_augmentation(paths["ap_vs_augmentation.png"], grid, stats)
+    plot_ap_vs_fraction(paths["ap_vs_fraction.png"], grid, stats)
+    return list(paths.values())

@@ -1,0 +1,340 @@
+"""Run a grid's runs one after the other on this machine, or print their commands.
+
+A run is finished when its ``final_metrics.json`` exists (the tools write it atomically, last), so
+the runner is restartable at any point: finished runs are skipped, an interrupted train_net run
+continues from its ``last_checkpoint`` with ``--resume`` and an interrupted self-training run
+continues by itself. A run that fails is recorded in ``<output>/status.json`` (return code and the
+tail of its log) and the runner goes on with the next one; rerunning retries it.
+"""
+
+import ctypes
+import errno
+import fcntl
+import functools
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from tqdm import tqdm
+
+from ssdet.ablation.grid import Run
+from ssdet.utils.errors import InputError
+from ssdet.utils.io import atomic_open, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+FINAL_METRICS = "final_metrics.json"
+STATUS_FILE = "status.json"
+LOCK_FILE = ".ablate.lock"
+RUN_LOG = "ablate.log"
+# Lines of a failed run's log kept in status.json.
+LOG_TAIL_LINES = 30
+# Seconds a stopped run gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT_S = 60
+
+
+class Interrupted(Exception):
+    """The runner was asked to stop (SIGINT or SIGTERM)."""
+
+
+@dataclass
+class Summary:
+    """What one invocation of the runner did.
+
+    Attributes:
+        done: runs trained to the end now.
+        skipped: runs already finished before.
+        failed: runs that failed now.
+    """
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def format(self, status: dict[str, dict[str, Any]]) -> str:
+        """One line of counts, then one line per failed run with its return code and last line."""
+        lines = [
+            f"ablate: {len(self.done)} done, {len(self.skipped)} skipped (finished before), "
+            f"{len(self.failed)} failed"
+        ]
+        for name in self.failed:
+            rec = status.get(name, {})
+            why = rec.get("error") or f"return code {rec.get('returncode')}"
+            tail = rec.get("log_tail") or [""]
+            lines.append(f"  FAILED {name}: {why} | {tail[-1]} | log: {rec.get('log')}")
+        return "\n".join(lines)
+
+
+def is_finished(run: Run) -> bool:
+    """Whether the run wrote its final metrics."""
+    return os.path.isfile(os.path.join(run.run_dir, FINAL_METRICS))
+
+
+def needs_resume(run: Run) -> bool:
+    """Whether the run's command takes ``--resume``: a train_net run that saved a checkpoint."""
+    return run.resumable_by_flag and os.path.isfile(os.path.join(run.run_dir, "last_checkpoint"))
+
+
+def read_status(output_dir: str) -> dict[str, dict[str, Any]]:
+    """The runner's record of every run it started in ``output_dir`` ({} if none)."""
+    path = os.path.join(output_dir, STATUS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(
+            f"{path} is unreadable ({e}); delete it: finished runs are found from their "
+            f"{FINAL_METRICS}."
+        ) from e
+
+
+def dry_run(
+    runs: Sequence[Run], python: str, tool_args: Sequence[str] = (), out: IO[str] | None = None
+) -> int:
+    """Print one shell command per unfinished run, for a cluster scheduler; run nothing.
+
+    A run with a checkpoint gets ``--resume``, so printing again after a preemption gives the
+    commands that finish the grid.
+
+    Args:
+        runs: the grid's runs.
+        python: the interpreter in the commands.
+        tool_args: arguments of every tool, e.g. ``["--num-gpus", "8"]``.
+        out: where to print (default: standard output).
+
+    Returns:
+        The number of commands printed.
+    """
+    out = out or sys.stdout
+    todo = [r for r in runs if not is_finished(r)]
+    for run in todo:
+        print(run.shell_command(python, needs_resume(run), tool_args), file=out)
+    if len(todo) < len(runs):
+        logger.info("%d of %d runs are finished and not listed.", len(runs) - len(todo), len(runs))
+    return len(todo)
+
+
+@contextmanager
+def grid_lock(output_dir: str) -> Iterator[int]:
+    """Hold ``output_dir``'s lock: one runner per output folder.
+
+    The lock is an ``flock`` on ``<output_dir>/.ablate.lock``, released by the kernel when its
+    holders exit, however they exit. The runs inherit it, so a run left running by a killed
+    runner still holds it until it stops.
+
+    Yields:
+        The lock's file descriptor.
+
+    Raises:
+        InputError: another runner holds the lock.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise InputError(
+                f"{output_dir} is in use by another ablate.py ({holder}). Wait for it to finish, "
+                "or give another --output. (--collect-only can run alongside it.)"
+            ) from e
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Interrupted`, as SIGINT is turned into KeyboardInterrupt."""
+
+    def handler(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# prctl is looked up before any fork: the child of a threaded parent must not load libraries.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: get SIGTERM when the runner dies, even by SIGKILL (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the runner died before prctl took effect
+            os._exit(1)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a run and everything it started (its own process group)."""
+    for sig, timeout in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of a log, progress-bar redraws (carriage returns) collapsed."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 64 * 1024))
+        text = f.read().decode(errors="replace")
+    out = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
+    return [line for line in out if line][-lines:]
+
+
+class GridRunner:
+    """Runs a grid's runs sequentially, recording each one in ``<output_dir>/status.json``.
+
+    Args:
+        runs: the runs, in the order to run them.
+        output_dir: the grid's output folder.
+        python: the interpreter that runs the tools.
+        tool_args: arguments of every tool, e.g. ``["--num-gpus", "8"]``.
+    """
+
+    def __init__(
+        self, runs: Sequence[Run], output_dir: str, python: str, tool_args: Sequence[str] = ()
+    ):
+        self.runs = list(runs)
+        self.output_dir = output_dir
+        self.python = python
+        self.tool_args = list(tool_args)
+        self.status = read_status(output_dir)
+
+    def _record(self, name: str, **fields: Any) -> None:
+        self.status.setdefault(name, {}).update(fields)
+        atomic_write_json(os.path.join(self.output_dir, STATUS_FILE), self.status)
+
+    def run(self) -> Summary:
+        """Run every unfinished run; keep going past failures.
+
+        Returns:
+            What was done, skipped and failed.
+
+        Raises:
+            InputError: another runner uses the output folder.
+            Interrupted, KeyboardInterrupt: the runner was stopped; the current run is stopped
+                and recorded as interrupted, and rerunning continues it.
+        """
+        summary = Summary()
+        with grid_lock(self.output_dir) as lock_fd, _stop_on_sigterm():
+            bar = tqdm(self.runs, desc="ablation runs", unit="run", dynamic_ncols=True)
+            for run in bar:
+                bar.set_postfix_str(run.name)
+                if is_finished(run):
+                    summary.skipped.append(run.name)
+                    if self.status.get(run.name, {}).get("state") != "done":
+                        self._record(
+                            run.name, state="done", returncode=0, error=None, log_tail=None
+                        )
+                    continue
+                ok = self._run_one(run, lock_fd, bar)
+                (summary.done if ok else summary.failed).append(run.name)
+            bar.close()
+        return summary
+
+    def _run_one(self, run: Run, lock_fd: int, bar: tqdm) -> bool:
+        log_path = os.path.join(run.run_dir, RUN_LOG)
+        missing = [f"{what} ({path})" for path, what in run.needs if not os.path.isfile(path)]
+        if missing:
+            error = "not started: missing " + "; ".join(missing)
+            self._record(run.name, state="failed", returncode=None, error=error, log_tail=None)
+            bar.write(f"FAILED {run.name}: {error}")
+            return False
+        resume = needs_resume(run)
+        cmd = run.command(self.python, resume, self.tool_args)
+        os.makedirs(run.run_dir, exist_ok=True)
+        started = time.time()
+        self._record(
+            run.name,
+            state="running",
+            command=shlex.join(cmd),
+            log=log_path,
+            started=time.strftime("%Y-%m-%d %H:%M:%S"),
+            returncode=None,
+            error=None,
+            log_tail=None,
+        )
+        bar.write(f"{'resuming' if resume else 'running'} {run.name} (log: {log_path})")
+        with open(log_path, "a") as log:
+            log.write(f"\n=== ablate.py {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cmd)}\n")
+            log.flush()
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                pass_fds=(lock_fd,),
+            )
+            try:
+                returncode = proc.wait()
+            except (KeyboardInterrupt, Interrupted):
+                _stop(proc)
+                self._record(
+                    run.name,
+                    state="interrupted",
+                    returncode=proc.returncode,
+                    wall_time_s=round(time.time() - started, 1),
+                )
+                raise
+        wall = round(time.time() - started, 1)
+        if returncode == 0 and is_finished(run):
+            self._record(run.name, state="done", returncode=0, wall_time_s=wall)
+            bar.write(f"done {run.name} in {wall / 60:.1f} min")
+            return True
+        error = None if returncode else f"exited 0 without writing {FINAL_METRICS}"
+        tail = log_tail(log_path)
+        self._record(
+            run.name,
+            state="failed",
+            returncode=returncode,
+            error=error,
+            log_tail=tail,
+            wall_time_s=wall,
+        )
+        bar.write(f"FAILED {run.name} (return code {returncode}): {tail[-1] if tail else ''}")
+        return False
+
+
+def write_grid_copy(grid_path: str, output_dir: str) -> None:
+    """Keep the grid file the runs came from next to them, as ``<output_dir>/grid.yaml``."""
+    with open(grid_path) as f:
+        text = f.read()
+    with atomic_open(os.path.join(output_dir, "grid.yaml")) as f:
+        f.write(text)

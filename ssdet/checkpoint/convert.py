@@ -1,0 +1,728 @@
+"""ssdet's backbone checkpoint format, and converters of other ResNet checkpoints into it.
+
+The format ("ssdet-backbone", version 1) is a ``torch.save`` of a dict of plain types and tensors,
+so it loads with ``torch.load(..., weights_only=True)``::
+
+    {
+        "format": "ssdet-backbone",
+        "version": 1,
+        "arch": {"depth": 50, "stem_out_channels": 64, "res2_out_channels": 256},
+        "method": "supervised" | "simclr" | "converted",
+        "model": {key: tensor},  # Detectron2 ResNet state_dict keys, e.g. "res2.0.conv1.weight"
+        "extra": {...},  # optional provenance (plain types), see below
+    }
+
+``model`` holds the state dict of the bottom-up ResNet that ``build_ssdet_resnet_backbone``
+(Detectron2's ``ResNet``) builds for ``arch`` -- ``stem.conv1.weight``,
+``stem.conv1.norm.{weight,bias,running_mean,running_var}``, ``res2.0.conv1.weight``,
+``res2.0.shortcut.weight``, ... -- without a classifier and without BatchNorm's
+``num_batches_tracked`` step counters (Detectron2's BN uses a fixed momentum, so they are unused).
+Norm running statistics may be absent (a GroupNorm backbone has none); every parameter is there.
+``SSDET.INIT`` loads ``model`` into the detector's bottom-up ResNet (ssdet/modeling/init.py).
+
+Optional ``extra`` keys that the init checks against the detector's config when present:
+``input_format`` ("BGR" or "RGB": the channel order the stem expects, to match ``INPUT.FORMAT``)
+and ``stride_in_1x1`` (bool, bottleneck depths: to match ``MODEL.RESNETS.STRIDE_IN_1X1``).
+
+:func:`convert_checkpoint` maps torchvision ResNets, common SimCLR-style checkpoints and ssdet's
+own files into the format through an explicit key table (:func:`torchvision_to_detectron2_key`),
+the renaming of Detectron2's ``tools/convert-torchvision-to-d2.py`` written as exact rules: every
+source key is converted, dropped for a named reason, or reported as unmatched, never matched by
+similarity as Detectron2's ``align_and_update_state_dicts`` does for MODEL.WEIGHTS.
+"""
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+
+from ssdet.modeling.backbone import build_ssdet_resnet_backbone
+from ssdet.utils.errors import InputError
+from ssdet.utils.io import atomic_open
+
+__all__ = [
+    "ARCH_KEYS",
+    "BLOCKS_PER_STAGE",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "INPUT_FORMATS",
+    "METHODS",
+    "SOURCE_FORMATS",
+    "Conversion",
+    "check_backbone_state_dict",
+    "convert_checkpoint",
+    "file_sha256",
+    "infer_arch",
+    "load_backbone_checkpoint",
+    "save_backbone_checkpoint",
+    "torchvision_to_detectron2_key",
+]
+
+FORMAT_NAME = "ssdet-backbone"
+FORMAT_VERSION = 1
+# How the weights were obtained: ssdet's tools/pretrain.py methods, or tools/convert_pretrained.py.
+METHODS = ("supervised", "simclr", "converted")
+ARCH_KEYS = ("depth", "stem_out_channels", "res2_out_channels")
+# (block type, blocks in res2..res5) of each ResNet depth, as Detectron2's build_resnet_backbone.
+BLOCKS_PER_STAGE = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+SOURCE_FORMATS = ("auto", "torchvision", "simclr", "ssdet")
+INPUT_FORMATS = ("BGR", "RGB")
+
+# Prefixes under which SimCLR-style checkpoints keep their ResNet, tried in this order; "" and
+# "module." (DataParallel) are plain torchvision state dicts.
+_TORCHVISION_PREFIXES = ("", "module.")
+_SIMCLR_PREFIXES = (
+    "module.encoder_q.",
+    "module.encoder.",
+    "module.backbone.",
+    "module.convnet.",
+    "encoder_q.",
+    "encoder.",
+    "backbone.",
+    "convnet.",
+)
+# Source keys that are not the backbone, by prefix (after "module."), with the reason they go.
+_DROPPED_PREFIXES = {
+    "fc.": "classifier or projection head (fc)",
+    "projector.": "projection head",
+    "projection_head.": "projection head",
+    "projection.": "projection head",
+    "g.": "projection head",
+    "head.": "projection head",
+    "classifier.": "classifier head",
+    "predictor.": "prediction head",
+    "prediction_head.": "prediction head",
+    "encoder_k.": "MoCo momentum encoder",
+    "momentum_encoder.": "momentum encoder",
+    "momentum_backbone.": "momentum encoder",
+}
+_DROPPED_KEYS = {"queue": "MoCo queue", "queue_ptr": "MoCo queue"}
+# Containers that training scripts wrap the state dict in, looked up in this order.
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict")
+# torchvision's ResNet children when the network was saved as nn.Sequential(*children): index
+# -> name (2 relu, 3 maxpool and 8 avgpool have no weights).
+_SEQUENTIAL_CHILDREN = {
+    "0": "conv1",
+    "1": "bn1",
+    "4": "layer1",
+    "5": "layer2",
+    "6": "layer3",
+    "7": "layer4",
+}
+_NORM_FIELD = r"(weight|bias|running_mean|running_var)"
+
+
+def torchvision_to_detectron2_key(key: str) -> str | None:
+    """The Detectron2 ResNet key of a torchvision ResNet key, or None if it is not one.
+
+    ``conv1`` / ``bn1`` -> ``stem.conv1`` / ``stem.conv1.norm``; ``layer{i}.{j}.conv{k}`` ->
+    ``res{i+1}.{j}.conv{k}``; ``layer{i}.{j}.bn{k}`` -> ``res{i+1}.{j}.conv{k}.norm``;
+    ``layer{i}.{j}.downsample.0`` / ``.1`` -> ``res{i+1}.{j}.shortcut`` / ``.shortcut.norm``.
+    ``fc`` and ``num_batches_tracked`` have no counterpart (None).
+
+    Args:
+        key: a key of ``torchvision.models.resnet*().state_dict()``.
+    """
+    if key == "conv1.weight":
+        return "stem.conv1.weight"
+    if m := re.fullmatch(rf"bn1\.{_NORM_FIELD}", key):
+        return f"stem.conv1.norm.{m[1]}"
+    m = re.fullmatch(r"layer([1-4])\.(\d+)\.(.+)", key)
+    if m is None:
+        return None
+    block = f"res{int(m[1]) + 1}.{m[2]}"
+    rest = m[3]
+    if m := re.fullmatch(r"conv([1-3])\.weight", rest):
+        return f"{block}.conv{m[1]}.weight"
+    if m := re.fullmatch(rf"bn([1-3])\.{_NORM_FIELD}", rest):
+        return f"{block}.conv{m[1]}.norm.{m[2]}"
+    if rest == "downsample.0.weight":
+        return f"{block}.shortcut.weight"
+    if m := re.fullmatch(rf"downsample\.1\.{_NORM_FIELD}", rest):
+        return f"{block}.shortcut.norm.{m[1]}"
+    return None
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _shape(shape: torch.Size | tuple) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _some(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _arch_name(arch: Mapping[str, int]) -> str:
+    return (
+        f"ResNet-{arch['depth']} with {arch['stem_out_channels']} stem and "
+        f"{arch['res2_out_channels']} res2 channels"
+    )
+
+
+def _check_arch(arch: Any, source: str) -> dict[str, int]:
+    if not isinstance(arch, Mapping) or set(arch) != set(ARCH_KEYS):
+        raise InputError(f"{source}: 'arch' must be a dict with exactly the keys {ARCH_KEYS}.")
+    arch = dict(arch)
+    for key in ARCH_KEYS:
+        if not isinstance(arch[key], int) or isinstance(arch[key], bool) or arch[key] <= 0:
+            raise InputError(f"{source}: arch[{key!r}] must be a positive int, got {arch[key]!r}.")
+    if arch["depth"] not in BLOCKS_PER_STAGE:
+        raise InputError(
+            f"{source}: ResNet depth {arch['depth']} is not one of {sorted(BLOCKS_PER_STAGE)}."
+        )
+    return arch
+
+
+def _bottleneck_groups(model: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """(NUM_GROUPS, WIDTH_PER_GROUP) of a bottleneck ResNet's state dict (ResNeXt, wide nets)."""
+    conv1, conv2 = model.get("res2.0.conv1.weight"), model.get("res2.0.conv2.weight")
+    if conv1 is None or conv2 is None or conv2.dim() != 4 or conv2.shape[1] == 0:
+        return 1, 64
+    bottleneck_channels = conv1.shape[0]
+    num_groups = max(bottleneck_channels // conv2.shape[1], 1)
+    return num_groups, bottleneck_channels // num_groups
+
+
+def _expected_tensors(
+    arch: Mapping[str, int], num_groups: int = 1, width_per_group: int = 64
+) -> tuple[dict[str, torch.Size], set[str]]:
+    """Shapes of every tensor of ssdet's ResNet for ``arch``, and which of them are parameters.
+
+    The network is built on the meta device (no memory, no init cost) by the detector's own
+    builder, so the expected keys are exactly what the detector will have.
+    """
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = arch["depth"]
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = arch["stem_out_channels"]
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = arch["res2_out_channels"]
+    cfg.MODEL.RESNETS.NUM_GROUPS = num_groups
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = width_per_group
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    with torch.device("meta"):
+        net = build_ssdet_resnet_backbone(cfg, ShapeSpec(channels=3))
+    shapes = {
+        k: v.shape for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")
+    }
+    return shapes, {k for k, _ in net.named_parameters()}
+
+
+def check_backbone_state_dict(
+    model: Mapping[str, torch.Tensor], arch: Mapping[str, int], source: str
+) -> list[str]:
+    """Check that ``model`` is a state dict of ssdet's ResNet for ``arch``.
+
+    Args:
+        model: Detectron2 ResNet keys -> tensors (``num_batches_tracked`` not allowed).
+        arch: ``{"depth", "stem_out_channels", "res2_out_channels"}``.
+        source: names the checkpoint in error messages.
+
+    Returns:
+        The expected norm statistics (buffers) that ``model`` lacks, e.g. for a GroupNorm net.
+
+    Raises:
+        InputError: a tensor's shape differs (the message names the key and both shapes), a
+            parameter is missing, or a key is not part of the ResNet.
+    """
+    arch = _check_arch(arch, source)
+    for key, value in model.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"{source}: {key!r} is a {type(value).__name__}, not a tensor.")
+    num_groups, width_per_group = _bottleneck_groups(model) if arch["depth"] >= 50 else (1, 64)
+    expected, params = _expected_tensors(arch, num_groups, width_per_group)
+    for key, shape in expected.items():
+        if key in model and model[key].shape != shape:
+            raise InputError(
+                f"{source}: {key} has shape {_shape(model[key].shape)} in the checkpoint but "
+                f"{_shape(shape)} in a {_arch_name(arch)}; the checkpoint does not fit "
+                "this architecture."
+            )
+    missing_params = [k for k in expected if k in params and k not in model]
+    if missing_params:
+        raise InputError(
+            f"{source}: parameters of a {_arch_name(arch)} are missing from the checkpoint: "
+            f"{_some(missing_params)}."
+        )
+    unexpected = sorted(set(model) - set(expected))
+    if unexpected:
+        raise InputError(
+            f"{source}: keys that are not part of a {_arch_name(arch)}: {_some(unexpected)}."
+        )
+    return [k for k in expected if k not in model]
+
+
+def _check_extra(extra: Any, source: str) -> dict[str, Any]:
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise InputError(f"{source}: 'extra' must be a dict, got {type(extra).__name__}.")
+    try:
+        # weights_only loading accepts plain containers and scalars: what JSON can hold.
+        json.dumps(extra)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{source}: 'extra' must hold plain types only ({e}).") from e
+    if extra.get("input_format") not in (None, *INPUT_FORMATS):
+        raise InputError(f"{source}: extra['input_format'] must be one of {INPUT_FORMATS}.")
+    return dict(extra)
+
+
+def save_backbone_checkpoint(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    arch: Mapping[str, int],
+    method: str,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a backbone checkpoint in ssdet's format (atomically), after validating it.
+
+    Args:
+        path: the output file (``.pth``); its directory is created if missing.
+        state_dict: the bottom-up ResNet's own ``state_dict()`` (keys ``stem.conv1.weight``,
+            ``res2.0.conv1.weight``, ...; no classifier). ``num_batches_tracked`` entries are
+            dropped; tensors are copied to the CPU.
+        arch: ``{"depth": int, "stem_out_channels": int, "res2_out_channels": int}``, i.e.
+            ``MODEL.RESNETS.{DEPTH, STEM_OUT_CHANNELS, RES2_OUT_CHANNELS}``.
+        method: one of :data:`METHODS`.
+        extra: optional provenance of plain types (str, numbers, lists, dicts); the keys
+            ``input_format`` ("BGR"/"RGB") and ``stride_in_1x1`` (bool) are checked against the
+            detector's config by ``SSDET.INIT``.
+
+    Raises:
+        InputError: ``state_dict`` does not fit ``arch``, or bad ``method`` / ``extra``.
+    """
+    source = f"backbone checkpoint {os.fspath(path)!r}"
+    if method not in METHODS:
+        raise InputError(f"{source}: method must be one of {METHODS}, got {method!r}.")
+    arch = _check_arch(arch, source)
+    model = {
+        k: v.detach().to("cpu", copy=True).contiguous()
+        for k, v in state_dict.items()
+        if not k.endswith("num_batches_tracked")
+    }
+    check_backbone_state_dict(model, arch, source)
+    checkpoint = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "arch": arch,
+        "method": method,
+        "model": model,
+        "extra": _check_extra(extra, source),
+    }
+    with atomic_open(path, "wb") as f:
+        torch.save(checkpoint, f)
+
+
+def _torch_load(path: str, trust_pickle: bool = False) -> Any:
+    """``torch.load`` on the CPU, ``weights_only`` unless the caller trusts the file."""
+    if not os.path.exists(path):
+        raise InputError(f"Checkpoint {path!r} not found.")
+    if not os.path.isfile(path):
+        raise InputError(f"Checkpoint {path!r} is not a file.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        hint = (
+            ""
+            if trust_pickle
+            else " If it is a checkpoint you trust that pickles Python objects (training "
+            "arguments, optimizer classes), convert it with --trust-pickle."
+        )
+        raise InputError(
+            f"Cannot read checkpoint {path!r} as PyTorch weights: {str(e).splitlines()[0]}.{hint}"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, ImportError) as e:
+        raise InputError(
+            f"Cannot read checkpoint {path!r}: not a readable PyTorch file "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'})."
+        ) from e
+
+
+def _validate_checkpoint(obj: Any, source: str) -> tuple[dict[str, Any], list[str]]:
+    """The checkpoint dict of ssdet's format (``extra`` filled in) and its missing buffers."""
+    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT_NAME:
+        raise InputError(
+            f"{source} is not an ssdet backbone checkpoint (no 'format': {FORMAT_NAME!r}). "
+            "Convert it with tools/convert_pretrained.py --input IN --output OUT.pth."
+        )
+    if obj.get("version") != FORMAT_VERSION:
+        raise InputError(
+            f"{source} has format version {obj.get('version')!r}; this ssdet reads version "
+            f"{FORMAT_VERSION}."
+        )
+    if obj.get("method") not in METHODS:
+        raise InputError(f"{source}: method must be one of {METHODS}, got {obj.get('method')!r}.")
+    model = obj.get("model")
+    if not isinstance(model, Mapping) or not model:
+        raise InputError(f"{source}: 'model' must be a non-empty dict of tensors.")
+    # Tolerated on reading, as in a raw ResNet state dict; never written.
+    model = {k: v for k, v in model.items() if not k.endswith("num_batches_tracked")}
+    arch = _check_arch(obj.get("arch"), source)
+    missing = check_backbone_state_dict(model, arch, source)
+    checkpoint = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "arch": arch,
+        "method": obj["method"],
+        "model": model,
+        "extra": _check_extra(obj.get("extra"), source),
+    }
+    return checkpoint, missing
+
+
+def load_backbone_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a backbone checkpoint in ssdet's format (``weights_only`` loading).
+
+    Args:
+        path: a file written by :func:`save_backbone_checkpoint`.
+
+    Returns:
+        ``{"format", "version", "arch", "method", "model", "extra"}`` (``extra`` is ``{}`` when
+        the file has none), tensors on the CPU.
+
+    Raises:
+        InputError: the file is missing, unreadable, not in the format, or inconsistent.
+    """
+    path = os.fspath(path)
+    checkpoint, _ = _validate_checkpoint(_torch_load(path), f"Checkpoint {path!r}")
+    return checkpoint
+
+
+def infer_arch(model: Mapping[str, torch.Tensor], source: str) -> dict[str, int]:
+    """The ``arch`` of a Detectron2-named ResNet state dict, from its keys and tensor shapes.
+
+    Args:
+        model: Detectron2 ResNet keys -> tensors.
+        source: names the checkpoint in error messages.
+
+    Raises:
+        InputError: no ResNet stem, or a stage layout that is no standard ResNet depth.
+    """
+    stem = model.get("stem.conv1.weight")
+    if stem is None or stem.dim() != 4:
+        raise InputError(
+            f"{source} has no ResNet stem convolution (torchvision 'conv1.weight'): it is not "
+            "a ResNet checkpoint, or its ResNet is under an unknown prefix."
+        )
+    blocks = []
+    for stage in range(2, 6):
+        indices = {int(m[1]) for k in model if (m := re.match(rf"res{stage}\.(\d+)\.", k))}
+        blocks.append(len(indices))
+    block_type = "bottleneck" if "res2.0.conv3.weight" in model else "basic"
+    depths = [d for d, layout in BLOCKS_PER_STAGE.items() if layout == (block_type, tuple(blocks))]
+    if not depths:
+        raise InputError(
+            f"{source}: {block_type} blocks per stage {blocks} are no standard ResNet "
+            f"(known: {', '.join(f'{d}: {b}' for d, (_, b) in BLOCKS_PER_STAGE.items())})."
+        )
+    res2_last_conv = "res2.0.conv3.weight" if block_type == "bottleneck" else "res2.0.conv2.weight"
+    if res2_last_conv not in model:
+        raise InputError(f"{source}: {res2_last_conv} is missing.")
+    return {
+        "depth": depths[0],
+        "stem_out_channels": int(stem.shape[0]),
+        "res2_out_channels": int(model[res2_last_conv].shape[0]),
+    }
+
+
+@dataclass
+class Conversion:
+    """The result of :func:`convert_checkpoint`: a checkpoint in ssdet's format and its report.
+
+    Attributes:
+        arch, method, model, extra: the arguments of :func:`save_backbone_checkpoint`.
+        source_format: "torchvision", "simclr" or "ssdet".
+        prefix: the prefix of the backbone's keys in the source ("" for none).
+        converted: source key -> Detectron2 key, for every tensor kept.
+        dropped: source key -> why it was left out (heads, BN step counters, ...).
+        unmatched: source keys with no counterpart in the ResNet, left out (only with
+            ``allow_unmatched``; otherwise they are an error).
+        missing: ResNet keys the source lacks (norm statistics only; missing parameters are an
+            error). Detectron2 keeps their initial values (mean 0, variance 1).
+    """
+
+    arch: dict[str, int]
+    method: str
+    model: dict[str, torch.Tensor]
+    extra: dict[str, Any]
+    source_format: str
+    prefix: str = ""
+    converted: dict[str, str] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few human-readable lines: what was converted, dropped, unmatched and missing."""
+        lines = [
+            f"source format: {self.source_format}"
+            + (f", backbone prefix {self.prefix!r}" if self.prefix else ""),
+            f"architecture: {_arch_name(self.arch)}; method: {self.method}; "
+            f"input channel order: {self.extra.get('input_format', 'unknown')}",
+            f"converted: {len(self.converted)} tensors",
+        ]
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in self.dropped.items():
+            by_reason.setdefault(reason, []).append(key)
+        for reason, keys in by_reason.items():
+            lines.append(f"dropped ({reason}): {_some(keys, 6)}")
+        if self.unmatched:
+            lines.append(f"unmatched source keys (left out): {_some(self.unmatched)}")
+        if self.missing:
+            lines.append(
+                f"missing from the source (kept at mean 0 / variance 1): {_some(self.missing)}"
+            )
+        return "\n".join(lines)
+
+
+def _find_state_dict(obj: Any, source: str) -> tuple[dict[str, Any], str]:
+    """The state dict inside a loaded checkpoint, and the container key it was under."""
+
+    def is_state_dict(d: Any) -> bool:
+        return (
+            isinstance(d, Mapping)
+            and bool(d)
+            and all(isinstance(k, str) for k in d)
+            and any(isinstance(v, torch.Tensor) for v in d.values())
+        )
+
+    if isinstance(obj, Mapping):
+        for key in _CONTAINER_KEYS:
+            if is_state_dict(obj.get(key)):
+                return dict(obj[key]), key
+        if is_state_dict(obj):
+            return dict(obj), ""
+    raise InputError(
+        f"{source} holds no state dict: expected a dict of tensors, or one under "
+        f"{', '.join(repr(k) for k in _CONTAINER_KEYS)}."
+    )
+
+
+def _backbone_prefix(
+    state: Mapping[str, Any], prefixes: tuple[str, ...]
+) -> tuple[str, bool] | None:
+    """The first prefix under which ``state`` has a ResNet stem, and whether the ResNet is saved
+    as ``nn.Sequential`` of its children; None if there is none."""
+    for prefix in prefixes:
+        if prefix + "conv1.weight" in state:
+            return prefix, False
+        if prefix + "0.weight" in state and prefix + "4.0.conv1.weight" in state:
+            return prefix, True
+    return None
+
+
+def _source_key_to_torchvision(key: str, sequential: bool) -> str:
+    if not sequential:
+        return key
+    head, _, rest = key.partition(".")
+    return f"{_SEQUENTIAL_CHILDREN[head]}.{rest}" if head in _SEQUENTIAL_CHILDREN else key
+
+
+def _drop_reason(key: str) -> str | None:
+    key = key.removeprefix("module.")
+    if key.endswith("num_batches_tracked"):
+        return "BatchNorm step counter, unused by Detectron2"
+    if key in _DROPPED_KEYS:
+        return _DROPPED_KEYS[key]
+    for prefix, reason in _DROPPED_PREFIXES.items():
+        if key.startswith(prefix):
+            return reason
+    return None
+
+
+def _flip_channels(model: dict[str, torch.Tensor], source: str) -> None:
+    """Reverse the stem's input channels (RGB <-> BGR), so the first conv sees the same colors."""
+    stem = model["stem.conv1.weight"]
+    if stem.shape[1] != 3:
+        raise InputError(f"{source}: the stem takes {stem.shape[1]} channels, not 3 (RGB/BGR).")
+    model["stem.conv1.weight"] = stem.flip(1).contiguous()
+
+
+def _target_arch(
+    inferred: dict[str, int], overrides: Mapping[str, int | None], source: str
+) -> tuple[dict[str, int], str]:
+    """The requested architecture (``overrides`` over ``inferred``), and ``source`` named with
+    what the checkpoint looks like when the two differ."""
+    arch = {**inferred, **{k: v for k, v in overrides.items() if v is not None}}
+    if arch != inferred:
+        source = f"{source} (a {_arch_name(inferred)})"
+    return _check_arch(arch, source), source
+
+
+def convert_checkpoint(
+    path: str,
+    source_format: str = "auto",
+    *,
+    depth: int | None = None,
+    stem_out_channels: int | None = None,
+    res2_out_channels: int | None = None,
+    input_format: str = "BGR",
+    method: str | None = None,
+    allow_unmatched: bool = False,
+    trust_pickle: bool = False,
+) -> Conversion:
+    """Convert a ResNet checkpoint into ssdet's backbone format (in memory).
+
+    Sources: torchvision state dicts (``torchvision.models.resnet*().state_dict()``, also as
+    ``nn.Sequential`` of its children or under DataParallel's ``module.``); SimCLR-style
+    checkpoints (the state dict under "state_dict" / "model", the ResNet under ``encoder.``,
+    ``module.encoder.``, ``backbone.``, ``convnet.``, ``encoder_q.``..., projection heads
+    ``projector.``, ``projection_head.``, ``g.``, ``fc.``... dropped); ssdet's own format
+    (validated, channel order adapted). The architecture is inferred from the tensors; the
+    ``depth`` / ``*_channels`` arguments state the target and make a mismatch an error.
+
+    Args:
+        path: the source checkpoint.
+        source_format: "auto", "torchvision", "simclr" or "ssdet".
+        depth, stem_out_channels, res2_out_channels: the target ResNet (None: as inferred).
+        input_format: channel order the converted stem should expect, "BGR" (Detectron2's and
+            ssdet's default ``INPUT.FORMAT``) or "RGB". torchvision and SimCLR weights are RGB.
+        method: the ``method`` recorded in the output; None: "converted" (ssdet sources keep
+            theirs).
+        allow_unmatched: leave out source keys that have no counterpart (listed in the report)
+            instead of refusing the checkpoint.
+        trust_pickle: load with ``weights_only=False``; only for files you trust.
+
+    Returns:
+        The converted checkpoint and its report.
+
+    Raises:
+        InputError: unreadable file, no ResNet found, shapes or keys that do not fit the
+            target architecture, unmatched keys without ``allow_unmatched``.
+    """
+    if source_format not in SOURCE_FORMATS:
+        raise InputError(f"Unknown source format {source_format!r}; use one of {SOURCE_FORMATS}.")
+    if input_format not in INPUT_FORMATS:
+        raise InputError(f"Unknown input format {input_format!r}; use one of {INPUT_FORMATS}.")
+    if method is not None and method not in METHODS:
+        raise InputError(f"Unknown method {method!r}; use one of {METHODS}.")
+    source = f"Checkpoint {path!r}"
+    obj = _torch_load(path, trust_pickle)
+    overrides = {
+        "depth": depth,
+        "stem_out_channels": stem_out_channels,
+        "res2_out_channels": res2_out_channels,
+    }
+    provenance = {"source": os.path.abspath(path), "source_sha256": file_sha256(path)}
+
+    is_ssdet = isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME
+    if source_format == "ssdet" or (source_format == "auto" and is_ssdet):
+        checkpoint, missing = _validate_checkpoint(obj, source)
+        target, _ = _target_arch(checkpoint["arch"], overrides, source)
+        if target != checkpoint["arch"]:
+            raise InputError(
+                f"{source} is a {_arch_name(checkpoint['arch'])}, not the requested "
+                f"{_arch_name(target)}."
+            )
+        extra = checkpoint["extra"]
+        recorded = extra.get("input_format")
+        if recorded is not None and recorded != input_format:
+            _flip_channels(checkpoint["model"], source)
+            extra["input_format"] = input_format
+        return Conversion(
+            arch=checkpoint["arch"],
+            method=method or checkpoint["method"],
+            model=checkpoint["model"],
+            extra={**extra, **provenance, "source_format": "ssdet"},
+            source_format="ssdet",
+            converted={k: k for k in checkpoint["model"]},
+            missing=missing,
+        )
+
+    state, container = _find_state_dict(obj, source)
+    if is_ssdet:
+        raise InputError(f"{source} is an ssdet backbone checkpoint; use --format ssdet or auto.")
+    prefixes = _TORCHVISION_PREFIXES if source_format == "torchvision" else ()
+    if source_format in ("simclr", "auto"):
+        prefixes = _SIMCLR_PREFIXES + (_TORCHVISION_PREFIXES if source_format == "auto" else ())
+    found = _backbone_prefix(state, prefixes)
+    if found is None:
+        raise InputError(
+            f"{source} has no ResNet in {source_format} layout: no 'conv1.weight' under any of "
+            f"the prefixes {', '.join(repr(p) for p in prefixes)}. Its keys start with: "
+            f"{_some(sorted(state), 6)}."
+        )
+    prefix, sequential = found
+
+    converted: dict[str, str] = {}
+    dropped: dict[str, str] = {}
+    unmatched: list[str] = []
+    model: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        inner = key.removeprefix(prefix) if key.startswith(prefix) else None
+        if inner is not None:
+            tv_key = _source_key_to_torchvision(inner, sequential)
+            target = torchvision_to_detectron2_key(tv_key)
+            if target is not None and isinstance(value, torch.Tensor):
+                converted[key] = target
+                model[target] = value
+                continue
+            reason = _drop_reason(tv_key)
+        else:
+            reason = _drop_reason(key)
+        if reason is not None:
+            dropped[key] = reason
+        else:
+            unmatched.append(key)
+    if unmatched and not allow_unmatched:
+        raise InputError(
+            f"{source}: keys with no counterpart in a Detectron2 ResNet: {_some(unmatched)}. "
+            "Pass --allow-unmatched to leave them out, if they are not part of the backbone."
+        )
+
+    inferred = infer_arch(model, source)
+    target, target_source = _target_arch(inferred, overrides, source)
+    missing = check_backbone_state_dict(model, target, target_source)
+    auto_format = "torchvision" if prefix in _TORCHVISION_PREFIXES else "simclr"
+    found_format = auto_format if source_format == "auto" else source_format
+    # torchvision and the SimCLR implementations train on RGB images.
+    if input_format != "RGB":
+        _flip_channels(model, source)
+    extra: dict[str, Any] = {
+        **provenance,
+        "source_format": found_format,
+        "source_container": container,
+        "source_prefix": prefix,
+        "input_format": input_format,
+        "dropped_keys": sorted(dropped),
+        "unmatched_keys": sorted(unmatched),
+    }
+    if target["depth"] >= 50:
+        # torchvision (ResNet v1.5) strides in the 3x3 conv of a bottleneck.
+        extra["stride_in_1x1"] = False
+    return Conversion(
+        arch=target,
+        method=method or "converted",
+        model=model,
+        extra=extra,
+        source_format=found_format,
+        prefix=prefix,
+        converted=converted,
+        dropped=dropped,
+        unmatched=unmatched,
+        missing=missing,
+    )

@@ -1,0 +1,126 @@
+"""Joint training in the trainers: the joint model, and the detector exported without its head.
+
+With ``SSDET.JOINT.ENABLED``, :class:`JointTrainerMixin` (a base of
+:class:`~ssdet.engine.Trainer`, hence of the student's trainer too) builds
+:class:`~ssdet.modeling.joint.JointRetinaNet` in place of the config's RetinaNet and adds
+:class:`DetectorExport`, which writes ``OUTPUT_DIR/model_final_detector.pth`` when training
+ends. The train loaders pair each detection batch with classification images
+(:func:`~ssdet.data.joint.add_classification_batches`). The steps need nothing else: Detectron2's
+``SimpleTrainer`` / ``AMPTrainer`` pass the :class:`~ssdet.data.joint.JointBatch` to the model,
+which returns the detection losses plus ``loss_joint_cls``; the student's step forwards the
+classification images as a part of its own.
+"""
+
+import logging
+import os
+from collections.abc import Mapping
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+from torch import nn
+
+from ssdet.modeling.joint import JointRetinaNet, detector_state_dict
+from ssdet.utils.errors import InputError
+from ssdet.utils.io import atomic_open
+
+__all__ = [
+    "DETECTOR_CHECKPOINT",
+    "DetectorExport",
+    "JointTrainerMixin",
+    "joint_model_config",
+    "save_detector_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+# File name, in OUTPUT_DIR, of the final detector without the classification head.
+DETECTOR_CHECKPOINT = "model_final_detector.pth"
+
+# The detector joint training extends; every RetinaNet config works.
+_BASE_META_ARCHITECTURE = "RetinaNet"
+
+
+def joint_model_config(cfg: CfgNode) -> CfgNode:
+    """The config that builds the joint model: a copy naming ``JointRetinaNet`` as the meta-arch.
+
+    Raises:
+        InputError: the config's detector is not a RetinaNet.
+    """
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch != _BASE_META_ARCHITECTURE:
+        raise InputError(
+            f"SSDET.JOINT.ENABLED adds a classification head to a RetinaNet, but "
+            f"MODEL.META_ARCHITECTURE is {arch!r}. Set it to {_BASE_META_ARCHITECTURE!r}: the "
+            "joint model is chosen by SSDET.JOINT.ENABLED alone."
+        )
+    joint_cfg = cfg.clone()
+    joint_cfg.defrost()
+    joint_cfg.MODEL.META_ARCHITECTURE = JointRetinaNet.__name__
+    joint_cfg.freeze()
+    return joint_cfg
+
+
+def save_detector_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str) -> None:
+    """Write a joint model's weights without the classification head, as a Detectron2 checkpoint.
+
+    The file (``{"model": state_dict}``) loads into a plain RetinaNet built from the same config,
+    with no missing or unexpected keys; it is written atomically.
+
+    Args:
+        state_dict: the joint model's state dict (or a plain detector's).
+        path: output ``.pth`` file.
+    """
+    weights = {k: v.detach().cpu() for k, v in detector_state_dict(state_dict).items()}
+    with atomic_open(path, "wb") as f:
+        torch.save({"model": weights}, f)
+    logger.info(f"Saved the detector without the joint classification head to {path}")
+
+
+class DetectorExport(HookBase):
+    """After the last iteration, save the detector without its classification head.
+
+    Runs with Detectron2's final checkpoint (``model_final.pth``, which keeps the head so that
+    joint training can resume); only the main process writes.
+
+    Args:
+        model: the (unwrapped) joint model.
+        path: output file.
+    """
+
+    def __init__(self, model: nn.Module, path: str):
+        self.model = model
+        self.path = path
+
+    def after_step(self) -> None:
+        if self.trainer.iter + 1 >= self.trainer.max_iter and comm.is_main_process():
+            save_detector_checkpoint(self.model.state_dict(), self.path)
+
+
+class JointTrainerMixin:
+    """``DefaultTrainer`` mixin: the joint model and its detector export with ``SSDET.JOINT``.
+
+    Without ``SSDET.JOINT.ENABLED`` it changes nothing. Put it before ``DefaultTrainer`` in the
+    bases, so that builders of the subclass (e.g. a backbone init in ``build_model``) wrap it.
+    """
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        if cfg.SSDET.JOINT.ENABLED:
+            cfg = joint_model_config(cfg)
+        elif cfg.MODEL.META_ARCHITECTURE == JointRetinaNet.__name__:
+            raise InputError(
+                f"MODEL.META_ARCHITECTURE {JointRetinaNet.__name__!r} without joint training: "
+                f"set it to {_BASE_META_ARCHITECTURE!r} and SSDET.JOINT.ENABLED True to train "
+                "jointly (or False not to)."
+            )
+        return super().build_model(cfg)
+
+    def build_hooks(self) -> list[HookBase]:
+        hooks = super().build_hooks()
+        if self.cfg.SSDET.JOINT.ENABLED:
+            # The checkpointer holds the model without its DDP wrapper.
+            path = os.path.join(self.cfg.OUTPUT_DIR, DETECTOR_CHECKPOINT)
+            hooks.append(DetectorExport(self.checkpointer.model, path))
+        return hooks

@@ -1,0 +1,815 @@
+"""A whole self-training experiment: teacher, pseudo labels, student, for Noisy Student rounds.
+
+``tools/self_train.py --config EXPERIMENT.yaml`` runs it. The experiment config describes the
+student (model, schedule, ``SSDET.SELF_TRAINING``, ``SSDET.NOISE``, ``SSDET.AUGMENT``, ...) and
+names the rest under ``SSDET.EXPERIMENT``: the teacher's config (or checkpoint), the unlabeled
+images and the number of rounds. Command-line ``KEY VALUE`` options apply to every stage, teacher
+and students alike, so that ``SEED 3 SSDET.DATA.LABELED_FRACTION 0.2`` changes the whole
+experiment consistently; only the teacher's own ``SSDET.EXPERIMENT.TEACHER_OPTS`` come after them.
+
+Stages, each in its own folder under the experiment's ``OUTPUT_DIR``:
+
+===========================  ====================================================================
+``teacher/``                 the teacher trained and evaluated as ``tools/train_net.py`` does (or
+                             only evaluated, with ``TEACHER_WEIGHTS``)
+``round1/pseudo_labels/``    the teacher labels ``UNLABELED_DATASET`` as ``tools/pseudo_label.py``
+                             does (the store is ``store/``)
+``round1/student/``          the student (:class:`~ssdet.engine.StudentTrainer`) trained on the
+                             labeled data plus that store, and evaluated
+``roundK/...``               the same with round K-1's student as the teacher
+===========================  ====================================================================
+
+A training stage is finished when it has written ``final_metrics.json``, a labeling stage when
+its store is complete (``store/metadata.json``, written last). A rerun skips finished stages and
+resumes an interrupted one (Detectron2's ``last_checkpoint``; the labeler's resume). Each stage
+records what it was run with in ``stage.json`` (its resolved config, less keys that do not
+change its result, and the fingerprint of its input: the teacher's weights, the pseudo labels),
+and a rerun that would reuse a stage made with anything else stops with an error instead.
+
+At the end ``OUTPUT_DIR/final_metrics.json`` holds the last student's results in the schema of
+:func:`~ssdet.engine.write_final_metrics`, plus the teacher's and every round's, and
+``OUTPUT_DIR/model_final.pth`` the last student's plain Detectron2 weights.
+
+Processes: the stages run one after the other, each under its own Detectron2 ``launch``, rather
+than one ``launch`` around the whole pipeline. The labeler checks its input and lists the images
+once per machine, in the launching process, before any worker starts (see
+:mod:`ssdet.engine.pseudo_labeling`); here that and every other input check happen in this
+process, so bad input ends with one error line rather than a worker's traceback, and each stage's
+workers start as the tools' do (process group, logging into the stage's folder, RNG seeds).
+With a single process in all (one machine, ``--num-gpus 1``), ``launch`` runs the stage in this
+process.
+"""
+
+import argparse
+import contextlib
+import gc
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog
+from detectron2.engine import launch
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
+
+import ssdet
+from ssdet.data.pseudo_labels import (
+    PseudoLabelFilter,
+    PseudoLabelStore,
+    PseudoLabelStoreError,
+    file_sha256,
+    read_metadata,
+)
+from ssdet.engine.defaults import (
+    argument_parser,
+    format_ap_table,
+    load_cfg,
+    setup_cfg,
+    write_final_metrics,
+)
+from ssdet.engine.joint import save_detector_checkpoint
+from ssdet.engine.pseudo_labeling import STORE_DIR, LabelingPlan, label_images, prepare_labeling
+from ssdet.engine.student import StudentTrainer
+from ssdet.engine.trainer import Trainer
+from ssdet.utils.errors import InputError
+from ssdet.utils.io import atomic_open, atomic_write_json
+
+__all__ = [
+    "STUDENT_INITS",
+    "ExperimentPlan",
+    "Stage",
+    "check_pseudo_labels",
+    "format_self_training_table",
+    "plan_experiment",
+    "run_self_training",
+    "self_training_argument_parser",
+    "train_main",
+]
+
+logger = logging.getLogger(__name__)
+
+FINAL_METRICS = "final_metrics.json"
+# The last student's weights alone ({"model": state_dict}), in OUTPUT_DIR.
+FINAL_CHECKPOINT = "model_final.pth"
+# What a stage was run with, in its folder.
+STAGE_FILE = "stage.json"
+TEACHER = "teacher"
+STUDENT_INITS = ("config", "teacher")
+
+# Config keys that do not change a stage's result (where it runs, how many loader processes,
+# where it writes), and the experiment's own keys, whose effect is in the stages' other keys.
+_UNCHECKED_KEYS = ("OUTPUT_DIR", "MODEL.DEVICE")
+_UNCHECKED_SUFFIXES = ("NUM_WORKERS",)
+_UNCHECKED_PREFIXES = ("SSDET.EXPERIMENT.",)
+# Keys that only the student's trainer reads (StudentTrainer: the store and its filter, the mixed
+# batches and loss, the noise): the teacher and the labeling do not depend on them, so that
+# changing the student reuses them. The labeling stage stores every box down to the floor.
+_STUDENT_ONLY_PREFIXES = ("SSDET.PSEUDO_LABELS.", "SSDET.SELF_TRAINING.", "SSDET.NOISE.")
+_LABELING_KEY = "SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR"
+# In stage.json, paths inside the experiment's folder are written relative to it, so that an
+# experiment folder can be moved or copied.
+_OUTPUT_DIR_TOKEN = "$OUTPUT_DIR"
+# The loggers that Detectron2's and ssdet's setup attach handlers to.
+_LOGGERS = ("detectron2", "fvcore", "ssdet")
+
+
+# -------------------------------------------------------------------------------------------------
+# The plan
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the experiment: what runs, from which config, into which folder.
+
+    Attributes:
+        name: the stage's folder relative to the experiment's, e.g. ``"round1/student"``.
+        kind: ``"train"`` (train then evaluate), ``"evaluate"`` (a given teacher checkpoint) or
+            ``"label"`` (pseudo-label the unlabeled images).
+        output_dir: the stage's folder (absolute).
+        config_file: the config file the stage's config is read from.
+        opts: ``KEY VALUE`` overrides applied after the file, ending with the stage's own
+            (``OUTPUT_DIR``, the teacher's weights, the pseudo-label store).
+        weights: for a labeling stage, its teacher's checkpoint; "" otherwise.
+    """
+
+    name: str
+    kind: str
+    output_dir: str
+    config_file: str
+    opts: tuple
+    weights: str = ""
+
+    def load_cfg(self) -> CfgNode:
+        """The stage's config (not set up: nothing is written)."""
+        return load_cfg(self.config_file, list(self.opts))
+
+    @property
+    def finished(self) -> bool:
+        """Whether the stage wrote its completion marker."""
+        if self.kind == "label":
+            try:
+                read_metadata(os.path.join(self.output_dir, STORE_DIR))
+            except PseudoLabelStoreError:
+                return False
+            return True
+        return os.path.isfile(os.path.join(self.output_dir, FINAL_METRICS))
+
+    def results(self) -> dict:
+        """A finished training or evaluation stage's ``{dataset: {"bbox": metrics}}``."""
+        return _read_json(os.path.join(self.output_dir, FINAL_METRICS))["results"]
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """A checked experiment: its config and its stages, in the order they run.
+
+    Attributes:
+        config_file: the experiment config file.
+        cfg: the experiment config (the student's), with the command-line options.
+        output_dir: the experiment's folder (absolute).
+        unlabeled: ``SSDET.EXPERIMENT.UNLABELED_DATASET``.
+        teacher: the teacher stage.
+        rounds: per round, its labeling and student stages.
+    """
+
+    config_file: str
+    cfg: CfgNode
+    output_dir: str
+    unlabeled: str
+    teacher: Stage
+    rounds: tuple[tuple[Stage, Stage], ...]
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [self.teacher, *(stage for pair in self.rounds for stage in pair)]
+
+
+def _resolve_teacher_config(path: str, config_file: str) -> str:
+    if not path:
+        raise InputError(
+            f"SSDET.EXPERIMENT.TEACHER_CONFIG is empty in {config_file!r}: name the teacher's "
+            "config file, e.g. retinanet_R18_FPN_S1_supervised.yaml (relative to the experiment "
+            "config's folder)."
+        )
+    if os.path.isabs(path):
+        candidates = [path]
+    else:
+        candidates = [os.path.join(os.path.dirname(os.path.abspath(config_file)), path), path]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise InputError(
+        f"Teacher config SSDET.EXPERIMENT.TEACHER_CONFIG {path!r} not found (looked for "
+        f"{' and '.join(repr(c) for c in candidates)})."
+    )
+
+
+def _check_unlabeled(source: str) -> None:
+    if not source:
+        raise InputError(
+            "SSDET.EXPERIMENT.UNLABELED_DATASET is empty: name the unlabeled images, a registered "
+            "dataset (e.g. mini_imagenet_train, imagenet_train) or an image folder."
+        )
+    if source not in DatasetCatalog.list() and not os.path.isdir(source):
+        raise InputError(
+            f"SSDET.EXPERIMENT.UNLABELED_DATASET {source!r} is neither a folder nor a registered "
+            f"dataset. Registered datasets: {', '.join(sorted(DatasetCatalog.list()))}."
+        )
+
+
+def _local_weights(path: str) -> str:
+    """The teacher checkpoint as a local file (Detectron2's PathManager fetches a URL once)."""
+    try:
+        local = PathManager.get_local_path(path)
+    except Exception as e:  # any download or handler failure means: no checkpoint to read
+        raise InputError(
+            f"Cannot fetch the teacher checkpoint SSDET.EXPERIMENT.TEACHER_WEIGHTS {path!r}: {e}"
+        ) from e
+    if not os.path.isfile(local):
+        raise InputError(f"Teacher checkpoint SSDET.EXPERIMENT.TEACHER_WEIGHTS {path!r} not found.")
+    return os.path.abspath(local)
+
+
+def _filter_opts(cfg: CfgNode) -> list:
+    """``KEY VALUE`` pairs giving another config the pseudo-label settings of ``cfg``."""
+    return [
+        item
+        for key, value in cfg.SSDET.PSEUDO_LABELS.items()
+        for item in (f"SSDET.PSEUDO_LABELS.{key}", value)
+    ]
+
+
+def plan_experiment(
+    config_file: str, opts: list | None = None, rounds: int | None = None
+) -> ExperimentPlan:
+    """Read and check an experiment config and lay out its stages. Nothing is written.
+
+    Args:
+        config_file: the experiment config (the student's config plus ``SSDET.EXPERIMENT``).
+        opts: ``KEY VALUE`` overrides applied to every stage's config.
+        rounds: number of rounds; None = ``SSDET.EXPERIMENT.ROUNDS``.
+
+    Returns:
+        The plan.
+
+    Raises:
+        InputError: a missing or bad config (the experiment's, the teacher's, any stage's), an
+            unknown unlabeled dataset, a missing teacher checkpoint, teacher and student with
+            different class counts, or no evaluation dataset.
+    """
+    opts = list(opts or [])
+    cfg = load_cfg(config_file, opts)
+    if rounds is not None:
+        cfg.SSDET.EXPERIMENT.ROUNDS = rounds
+    cfg.freeze()
+    exp = cfg.SSDET.EXPERIMENT
+    if exp.ROUNDS < 1:
+        raise InputError(
+            "The number of rounds (--rounds, SSDET.EXPERIMENT.ROUNDS) must be >= 1, got "
+            f"{exp.ROUNDS}."
+        )
+    if exp.STUDENT_INIT not in STUDENT_INITS:
+        raise InputError(
+            f"Unknown SSDET.EXPERIMENT.STUDENT_INIT {exp.STUDENT_INIT!r}; valid: "
+            f"{', '.join(STUDENT_INITS)}."
+        )
+    if len(exp.TEACHER_OPTS) % 2:
+        raise InputError(
+            f"SSDET.EXPERIMENT.TEACHER_OPTS must be KEY VALUE pairs, got {list(exp.TEACHER_OPTS)}."
+        )
+    if not cfg.OUTPUT_DIR:
+        raise InputError("OUTPUT_DIR is empty: name the experiment's folder.")
+    if not cfg.DATASETS.TEST:
+        raise InputError("DATASETS.TEST is empty: the teacher and the students are compared on it.")
+    teacher_config = _resolve_teacher_config(exp.TEACHER_CONFIG, config_file)
+    _check_unlabeled(exp.UNLABELED_DATASET)
+    output_dir = os.path.abspath(cfg.OUTPUT_DIR)
+
+    def folder(name: str) -> str:
+        return os.path.join(output_dir, name)
+
+    # The command line changes the whole experiment; TEACHER_OPTS come after it, so that an
+    # experiment can keep a key of its teacher fixed whatever the command line says. Teacher and
+    # students are evaluated on the same val sets, the experiment's.
+    teacher_opts = [*opts, *exp.TEACHER_OPTS, "DATASETS.TEST", cfg.DATASETS.TEST]
+    overridden = set(opts[::2]) & set(exp.TEACHER_OPTS[::2])
+    if overridden:
+        logger.warning(
+            "SSDET.EXPERIMENT.TEACHER_OPTS override the command line for the teacher: %s",
+            ", ".join(sorted(overridden)),
+        )
+    if exp.TEACHER_WEIGHTS:
+        weights = _local_weights(exp.TEACHER_WEIGHTS)
+        teacher = Stage(
+            TEACHER,
+            "evaluate",
+            folder(TEACHER),
+            teacher_config,
+            (*teacher_opts, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", folder(TEACHER)),
+        )
+    else:
+        weights = os.path.join(folder(TEACHER), "model_final.pth")
+        teacher = Stage(
+            TEACHER,
+            "train",
+            folder(TEACHER),
+            teacher_config,
+            (*teacher_opts, "OUTPUT_DIR", folder(TEACHER)),
+        )
+
+    pairs = []
+    for k in range(1, exp.ROUNDS + 1):
+        label_name, student_name = f"round{k}/pseudo_labels", f"round{k}/student"
+        if k == 1:
+            # The student's pseudo-label settings: the labeling report shows what it will keep.
+            label_source, label_opts = teacher_config, [*teacher_opts, *_filter_opts(cfg)]
+        else:
+            label_source, label_opts = config_file, opts
+        label = Stage(
+            label_name,
+            "label",
+            folder(label_name),
+            label_source,
+            (*label_opts, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", folder(label_name)),
+            weights=weights,
+        )
+        student_opts = [
+            *opts,
+            "SSDET.PSEUDO_LABELS.STORE",
+            os.path.join(label.output_dir, STORE_DIR),
+        ]
+        if exp.STUDENT_INIT == "teacher":
+            student_opts += ["MODEL.WEIGHTS", weights]
+        student = Stage(
+            student_name,
+            "train",
+            folder(student_name),
+            config_file,
+            (*student_opts, "OUTPUT_DIR", folder(student_name)),
+        )
+        pairs.append((label, student))
+        weights = os.path.join(student.output_dir, "model_final.pth")
+
+    plan = ExperimentPlan(
+        config_file=config_file,
+        cfg=cfg,
+        output_dir=output_dir,
+        unlabeled=exp.UNLABELED_DATASET,
+        teacher=teacher,
+        rounds=tuple(pairs),
+    )
+    # Every stage's config must load before anything trains for hours.
+    cfgs = {stage.name: stage.load_cfg() for stage in plan.stages}
+    teacher_classes = cfgs[TEACHER].MODEL.RETINANET.NUM_CLASSES
+    if teacher_classes != cfg.MODEL.RETINANET.NUM_CLASSES:
+        raise InputError(
+            f"The teacher ({teacher_config}) has MODEL.RETINANET.NUM_CLASSES {teacher_classes} "
+            f"but the student ({config_file}) {cfg.MODEL.RETINANET.NUM_CLASSES}: the pseudo "
+            "labels are the teacher's classes."
+        )
+    return plan
+
+
+# -------------------------------------------------------------------------------------------------
+# Stages
+# -------------------------------------------------------------------------------------------------
+
+
+def _setup_stage_logging(output_dir: str, stdout: bool) -> None:
+    # The same arguments as Detectron2's default_setup, whose calls setup_logger caches.
+    rank = comm.get_rank()
+    setup_logger(output_dir, distributed_rank=rank, name="fvcore")
+    setup_logger(output_dir, distributed_rank=rank)
+    setup_logger(
+        output_dir,
+        distributed_rank=rank,
+        name="ssdet",
+        abbrev_name="ssdet",
+        configure_stdout=stdout,
+    )
+
+
+@contextlib.contextmanager
+def _scoped_logging() -> Iterator[None]:
+    """Remove the log handlers that are set up inside the block when it ends.
+
+    Each stage logs into its own folder. Stages that run in this process (``launch`` with one
+    process per machine calls them directly) would otherwise keep logging into the folders of
+    the stages before them. Detectron2's ``setup_logger`` caches its calls; the cache is
+    cleared, so that a later run in this process sets its handlers up again.
+    """
+    before = {name: list(logging.getLogger(name).handlers) for name in _LOGGERS}
+    try:
+        yield
+    finally:
+        for name, handlers in before.items():
+            stage_logger = logging.getLogger(name)
+            for handler in list(stage_logger.handlers):
+                if handler not in handlers:
+                    handler.flush()
+                    stage_logger.removeHandler(handler)
+        setup_logger.cache_clear()
+
+
+def train_main(args: argparse.Namespace) -> dict:
+    """Train and evaluate (or, with ``args.eval_only``, only evaluate) one detector.
+
+    ``tools/train_net.py``'s main: :class:`~ssdet.engine.StudentTrainer` when the config names a
+    pseudo-label store, else :class:`~ssdet.engine.Trainer`; ``final_metrics.json`` at the end.
+    Runs on every rank of Detectron2's ``launch``.
+
+    Args:
+        args: ``config_file``, ``opts``, ``eval_only`` and ``resume``, as the tool's arguments.
+
+    Returns:
+        ``{dataset: {"bbox": metrics}}`` (the main process's).
+    """
+    started = time.time()
+    cfg = setup_cfg(args)
+    # A launched worker starts without handlers; this process has the experiment's stdout.
+    _setup_stage_logging(cfg.OUTPUT_DIR, stdout=comm.get_world_size() > 1)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = StudentTrainer(cfg) if cfg.SSDET.PSEUDO_LABELS.STORE else Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    write_final_metrics(cfg, results, started, args.config_file)
+    return results
+
+
+def _label_main(cfg: CfgNode, plan: LabelingPlan) -> None:
+    """One rank of a labeling stage (``tools/pseudo_label.py``'s main)."""
+    _setup_stage_logging(cfg.OUTPUT_DIR, stdout=comm.get_world_size() > 1)
+    label_images(cfg, plan)
+
+
+def _stage_args(stage: Stage, launch_args: argparse.Namespace) -> argparse.Namespace:
+    """The arguments the stage's tool would get (Detectron2's setup logs and reads them)."""
+    return argparse.Namespace(
+        config_file=stage.config_file,
+        opts=list(stage.opts),
+        eval_only=stage.kind == "evaluate",
+        # Training always continues from the stage's last checkpoint when there is one; the
+        # evaluated teacher is MODEL.WEIGHTS.
+        resume=stage.kind == "train",
+        num_gpus=launch_args.num_gpus,
+        num_machines=launch_args.num_machines,
+        machine_rank=launch_args.machine_rank,
+        dist_url=launch_args.dist_url,
+    )
+
+
+def _launch(main, launch_args: argparse.Namespace, main_args: tuple) -> None:
+    launch(
+        main,
+        launch_args.num_gpus,
+        num_machines=launch_args.num_machines,
+        machine_rank=launch_args.machine_rank,
+        dist_url=launch_args.dist_url,
+        args=main_args,
+    )
+
+
+def _run_stage(stage: Stage, plan: ExperimentPlan, launch_args: argparse.Namespace) -> None:
+    args = _stage_args(stage, launch_args)
+    if stage.kind == "label":
+        # As tools/pseudo_label.py: input checked and images listed here, once per machine.
+        cfg = setup_cfg(args)
+        _setup_stage_logging(cfg.OUTPUT_DIR, stdout=False)
+        labeling = prepare_labeling(
+            cfg, plan.unlabeled, stage.output_dir, config_path=stage.config_file, resume=True
+        )
+        _launch(_label_main, launch_args, (cfg, labeling))
+    else:
+        _launch(train_main, launch_args, (args,))
+
+
+def _read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _flat_config(cfg: CfgNode, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in cfg.items():
+        if isinstance(value, CfgNode):
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _stage_spec(stage: Stage, plan: ExperimentPlan) -> dict[str, Any]:
+    """What decides a stage's result: its config and the fingerprint of its input."""
+    cfg = stage.load_cfg()
+    student = bool(cfg.SSDET.PSEUDO_LABELS.STORE)
+    config = {
+        key: value
+        for key, value in _flat_config(cfg).items()
+        if key not in _UNCHECKED_KEYS
+        and not key.endswith(_UNCHECKED_SUFFIXES)
+        and not key.startswith(_UNCHECKED_PREFIXES)
+        and (
+            student
+            or (stage.kind == "label" and key == _LABELING_KEY)
+            or not key.startswith(_STUDENT_ONLY_PREFIXES)
+        )
+    }
+    spec: dict[str, Any] = {"kind": stage.kind, "config": config}
+    if stage.kind == "label":
+        spec["unlabeled"] = plan.unlabeled
+        spec["teacher_weights_sha256"] = file_sha256(stage.weights)
+    else:
+        store = config.get("SSDET.PSEUDO_LABELS.STORE")
+        if store:
+            metadata = read_metadata(store)
+            spec["pseudo_labels"] = {
+                "teacher_weights_sha256": metadata["teacher"]["weights_sha256"],
+                "listing_sha256": metadata["listing"]["sha256"],
+            }
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(plan.output_dir + os.sep):
+            return _OUTPUT_DIR_TOKEN + value[len(plan.output_dir) :]
+        if isinstance(value, list | tuple):
+            return [relative(v) for v in value]
+        if isinstance(value, dict):
+            return {k: relative(v) for k, v in value.items()}
+        return value
+
+    # As JSON holds it: tuples become lists.
+    return json.loads(json.dumps(relative(spec)))
+
+
+def _spec_differences(old: dict, new: dict) -> list[str]:
+    """``"KEY old -> new"`` for every config key and input that differs between two specs."""
+    old_config, new_config = old.get("config", {}), new.get("config", {})
+    differences = [
+        f"{key} {old_config.get(key, '(absent)')!r} -> {new_config.get(key, '(absent)')!r}"
+        for key in sorted(set(old_config) | set(new_config))
+        if old_config.get(key, "(absent)") != new_config.get(key, "(absent)")
+    ]
+    for key in sorted((set(old) | set(new)) - {"config"}):
+        if old.get(key) != new.get(key):
+            differences.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+    return differences
+
+
+def _check_stage(stage: Stage, plan: ExperimentPlan, write: bool) -> None:
+    """Refuse a stage folder made with another setup; record the setup of a new one.
+
+    Raises:
+        InputError: the folder's ``stage.json`` records another config or input.
+    """
+    spec = _stage_spec(stage, plan)
+    path = os.path.join(stage.output_dir, STAGE_FILE)
+    if os.path.isfile(path):
+        differences = _spec_differences(_read_json(path), spec)
+        if differences:
+            shown = "; ".join(differences[:5])
+            more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
+            raise InputError(
+                f"Stage {stage.name} in {stage.output_dir} was run with another setup: {shown}"
+                f"{more}. Give the experiment another OUTPUT_DIR, or delete that folder and those "
+                "of the stages after it to redo them."
+            )
+    elif write:
+        atomic_write_json(path, spec)
+
+
+def check_pseudo_labels(store_dir: str, cfg: CfgNode, teacher_weights: str = "") -> dict[str, int]:
+    """Check that the student's filter keeps pseudo boxes of a store, and count them.
+
+    Args:
+        store_dir: the pseudo-label store.
+        cfg: the student's config (``SSDET.PSEUDO_LABELS``: thresholds, balancing, ...).
+        teacher_weights: the teacher's checkpoint, named in the error.
+
+    Returns:
+        ``{"images": stored images, "images_with_boxes": images with a kept box,
+        "boxes": kept boxes}``.
+
+    Raises:
+        InputError: the filter keeps no box.
+    """
+    store = PseudoLabelStore.open(store_dir)
+    selection = PseudoLabelFilter.from_config(cfg).apply(store)
+    counts = {
+        "images": int(store.num_images),
+        "images_with_boxes": int(np.count_nonzero(selection.kept_boxes_per_image())),
+        "boxes": int(selection.num_kept_boxes),
+    }
+    if counts["boxes"]:
+        return counts
+    labels = cfg.SSDET.PSEUDO_LABELS
+    teacher = f" ({teacher_weights})" if teacher_weights else ""
+    if store.num_boxes:
+        found = (
+            f"its highest score is {float(np.max(store.scores)):.3f}, below "
+            f"SSDET.PSEUDO_LABELS.SCORE_THRESH {labels.SCORE_THRESH}"
+        )
+        if labels.CLASS_SCORE_THRESHS:
+            found += f" (CLASS_SCORE_THRESHS {list(labels.CLASS_SCORE_THRESHS)})"
+        if labels.MIN_BOX_SIZE:
+            found += f" or its boxes are below MIN_BOX_SIZE {labels.MIN_BOX_SIZE}"
+    else:
+        found = (
+            "it scored no box even at the labeling floor SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR "
+            f"{labels.LABELING_SCORE_FLOOR}"
+        )
+    raise InputError(
+        f"The teacher{teacher} gives no pseudo box that the student keeps on the "
+        f"{store.num_images} images of {store.path}: {found}. Lower "
+        "SSDET.PSEUDO_LABELS.SCORE_THRESH (the labels are kept: a rerun does not label again), or "
+        "train the teacher longer (SOLVER.MAX_ITER, for the teacher only in "
+        "SSDET.EXPERIMENT.TEACHER_OPTS)."
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+# The experiment
+# -------------------------------------------------------------------------------------------------
+
+
+def format_self_training_table(teacher: dict, rounds: list[dict]) -> str:
+    """Markdown AP tables of the teacher and each round's student, one per evaluated dataset.
+
+    Args:
+        teacher: the teacher's ``{dataset: {"bbox": metrics}}``.
+        rounds: each round's student's results, in the same form.
+
+    Returns:
+        Per dataset, a heading line, the table and the AP difference of the last student.
+    """
+    blocks = []
+    for dataset, teacher_res in teacher.items():
+        rows = {"teacher": teacher_res}
+        for k, res in enumerate(rounds, 1):
+            rows[f"student (round {k})"] = res.get(dataset, {})
+        block = f"{dataset}:\n" + format_ap_table(rows, row_label="model")
+        ap_teacher = teacher_res.get("bbox", {}).get("AP")
+        ap_student = rows[f"student (round {len(rounds)})"].get("bbox", {}).get("AP")
+        if ap_teacher is not None and ap_student is not None:
+            block += f"\nstudent - teacher: {ap_student - ap_teacher:+.1f} AP"
+        blocks.append(block)
+    return "\n\n".join(blocks)
+
+
+def _export_student(student: Stage, path: str) -> None:
+    """Write the student's weights alone: loads into Detectron2's model with plain keys."""
+    checkpoint = torch.load(
+        os.path.join(student.output_dir, "model_final.pth"), map_location="cpu", weights_only=True
+    )
+    # Drops a joint-training head, if any: the file holds the detector of the config only.
+    save_detector_checkpoint(checkpoint["model"], path)
+
+
+def _finish(plan: ExperimentPlan, pseudo_counts: list[dict], wall_time: float) -> dict:
+    teacher = plan.teacher.results()
+    rounds = [student.results() for _, student in plan.rounds]
+    last_student = plan.rounds[-1][1]
+    _export_student(last_student, os.path.join(plan.output_dir, FINAL_CHECKPOINT))
+    stage_times = {}
+    for stage in plan.stages:
+        if stage.kind != "label":
+            record = _read_json(os.path.join(stage.output_dir, FINAL_METRICS))
+            stage_times[stage.name] = record.get("wall_time_s")
+    record = {
+        # write_final_metrics' schema: the experiment's result is its last student's.
+        "results": rounds[-1],
+        "config_file": plan.config_file,
+        "seed": plan.cfg.SEED,
+        "wall_time_s": round(wall_time, 1),
+        "ssdet_version": ssdet.__version__,
+        "teacher": teacher,
+        "rounds": rounds,
+        "stages": [stage.name for stage in plan.stages],
+        "pseudo_labels": pseudo_counts,
+        # The wall time each training stage recorded (its last run, if it was resumed).
+        "stage_wall_time_s": stage_times,
+        "checkpoint": FINAL_CHECKPOINT,
+    }
+    # Written last, atomically: its presence means the experiment finished.
+    atomic_write_json(os.path.join(plan.output_dir, FINAL_METRICS), record)
+    print("\n" + format_self_training_table(teacher, rounds) + "\n", flush=True)
+    return record
+
+
+def _setup_experiment(plan: ExperimentPlan) -> float | None:
+    """The experiment's own log (OUTPUT_DIR/log.txt) and resolved config (config.yaml).
+
+    Only ssdet's logger: the stages' Detectron2 logs go to their own folders.
+
+    Returns:
+        The wall time recorded by a summary of the same stages (a finished experiment), or None.
+    """
+    os.makedirs(plan.output_dir, exist_ok=True)
+    setup_logger(plan.output_dir, name="ssdet", abbrev_name="ssdet")
+    with atomic_open(os.path.join(plan.output_dir, "config.yaml")) as f:
+        f.write(plan.cfg.dump())
+    stages = [stage.name for stage in plan.stages]
+    final = os.path.join(plan.output_dir, FINAL_METRICS)
+    logger.info("Self-training experiment %s: stages %s", plan.output_dir, ", ".join(stages))
+    if not os.path.isfile(final):
+        return None
+    summary = _read_json(final)
+    if summary.get("stages") == stages:
+        return summary.get("wall_time_s")
+    # The summary of another plan (e.g. fewer rounds) must not say that this one finished.
+    os.remove(final)
+    logger.info("Removed %s: it summarized other stages than %s", final, stages)
+    return None
+
+
+def run_self_training(args: argparse.Namespace) -> dict | None:
+    """Run (or continue) a self-training experiment; see the module docstring.
+
+    Args:
+        args: from :func:`self_training_argument_parser`: ``config_file``, ``opts``, ``rounds``
+            and Detectron2's launch arguments (``num_gpus``, ``num_machines``, ``machine_rank``,
+            ``dist_url``).
+
+    Returns:
+        The content of ``OUTPUT_DIR/final_metrics.json`` (None on machines other than the first,
+        which writes it).
+
+    Raises:
+        InputError: bad input (see :func:`plan_experiment`), a stage folder made with another
+            setup, or a teacher whose pseudo boxes the student's filter drops entirely.
+    """
+    if getattr(args, "eval_only", False):
+        raise InputError(
+            "--eval-only is not a self-training mode: evaluate a checkpoint with "
+            "tools/train_net.py --eval-only MODEL.WEIGHTS FILE."
+        )
+    started = time.time()
+    plan = plan_experiment(args.config_file, args.opts, getattr(args, "rounds", None))
+    first_machine = args.machine_rank == 0
+    with _scoped_logging():
+        finished_wall_time = _setup_experiment(plan)
+        pseudo_counts = []
+        ran = False
+        for stage in plan.stages:
+            if stage.finished:
+                _check_stage(stage, plan, write=False)
+                logger.info("skipping %s: finished", stage.name)
+            else:
+                _check_stage(stage, plan, write=True)
+                ran = True
+                logger.info("running %s in %s", stage.name, stage.output_dir)
+                stage_started = time.time()
+                with _scoped_logging():
+                    _run_stage(stage, plan, args)
+                gc.collect()  # the stage's model, optimizer and loader workers
+                if first_machine and not stage.finished:
+                    raise RuntimeError(f"Stage {stage.name} ended without its completion marker.")
+                logger.info("%s finished in %.0f s", stage.name, time.time() - stage_started)
+            if stage.kind == "label":
+                student = next(s for label, s in plan.rounds if label is stage)
+                pseudo_counts.append(
+                    check_pseudo_labels(
+                        os.path.join(stage.output_dir, STORE_DIR),
+                        student.load_cfg(),
+                        stage.weights,
+                    )
+                )
+        if not first_machine:
+            return None
+        # Like write_final_metrics, the time of this run; a rerun that only found the finished
+        # stages keeps the time of the run that finished them.
+        wall_time = time.time() - started
+        if not ran and finished_wall_time is not None:
+            wall_time = finished_wall_time
+        return _finish(plan, pseudo_counts, wall_time)
+
+
+def self_training_argument_parser() -> argparse.ArgumentParser:
+    """ssdet's tool arguments (``--config``, launch, ``KEY VALUE`` opts) plus ``--rounds``."""
+    parser = argument_parser(
+        epilog="KEY VALUE options apply to every stage (teacher and students; the teacher's "
+        "SSDET.EXPERIMENT.TEACHER_OPTS come after them). A rerun skips finished stages and "
+        "continues an interrupted one by itself (--resume is implied)."
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="Noisy Student rounds (default: SSDET.EXPERIMENT.ROUNDS); each student teaches the "
+        "next round",
+    )
+    return parser

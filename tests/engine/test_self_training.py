@@ -1,0 +1,300 @@
+"""Tests of the one-command self-training experiment (tools/self_train.py) on the tiny world:
+every stage end to end, the plain student checkpoint, rerun, resume, rounds and bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from ssdet.data.pseudo_labels import file_sha256, read_metadata
+from ssdet.engine.defaults import load_cfg
+from ssdet.engine.self_training import (
+    plan_experiment,
+    run_self_training,
+    self_training_argument_parser,
+)
+from ssdet.engine.student import SimpleStudentTrainer
+from ssdet.utils.errors import InputError
+
+from ..conftest import REPO
+
+EXPERIMENT = os.path.join(
+    REPO, "configs", "mini", "retinanet_R18_FPN_S1_self_train_instant_test.yaml"
+)
+ROUND1 = ("teacher", "round1/pseudo_labels", "round1/student")
+# The files whose modification time shows whether a stage ran again.
+STAGE_OUTPUTS = (
+    "teacher/model_final.pth",
+    "teacher/final_metrics.json",
+    "round1/pseudo_labels/store/metadata.json",
+    "round1/student/model_final.pth",
+    "round1/student/final_metrics.json",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on 2 shared cores, two OpenMP threads stall whenever one is preempted."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def self_train(output_dir, *opts, rounds=None) -> dict:
+    argv = ["--config", EXPERIMENT, *(["--rounds", str(rounds)] if rounds else [])]
+    args = self_training_argument_parser().parse_args([*argv, "OUTPUT_DIR", str(output_dir), *opts])
+    return run_self_training(args)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def mtimes(output_dir, names=STAGE_OUTPUTS) -> dict[str, int]:
+    return {name: os.stat(os.path.join(output_dir, name)).st_mtime_ns for name in names}
+
+
+@pytest.fixture(scope="module")
+def experiment(tiny_world, tmp_path_factory):
+    """One finished one-round experiment (teacher trained, pseudo labels, student)."""
+    output_dir = tmp_path_factory.mktemp("self_train") / "exp"
+    record = self_train(output_dir)
+    return str(output_dir), record
+
+
+def copy_experiment(experiment, tmp_path) -> str:
+    """A copy of the finished experiment (modification times kept) that a test may change."""
+    copy = str(tmp_path / "exp")
+    shutil.copytree(experiment[0], copy)
+    return copy
+
+
+def test_every_stage_in_its_folder_and_the_summary(experiment):
+    output_dir, record = experiment
+    for stage in ROUND1:
+        assert os.path.isfile(os.path.join(output_dir, stage, "stage.json")), stage
+    teacher = read_json(os.path.join(output_dir, "teacher", "final_metrics.json"))
+    student = read_json(os.path.join(output_dir, "round1", "student", "final_metrics.json"))
+    assert read_json(os.path.join(output_dir, "final_metrics.json")) == record
+
+    # write_final_metrics' schema, with the last student's results, plus the teacher's.
+    assert record["results"] == student["results"] == record["rounds"][0]
+    assert record["teacher"] == teacher["results"]
+    assert record["stages"] == list(ROUND1)
+    assert record["seed"] == 0 and record["wall_time_s"] > 0
+    assert record["config_file"] == EXPERIMENT
+    for results in (record["teacher"], record["results"]):
+        box = results["mini_coco_val"]["bbox"]
+        assert set(box) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert all(v is None or 0 <= v <= 100 for v in box.values())
+
+    # The teacher labeled the unlabeled images with its final weights; the student trained on
+    # that store (mixed batches) from its own init, not from the teacher.
+    store = os.path.join(output_dir, "round1", "pseudo_labels", "store")
+    metadata = read_metadata(store)
+    assert metadata["teacher"]["weights_sha256"] == file_sha256(
+        os.path.join(output_dir, "teacher", "model_final.pth")
+    )
+    assert metadata["listing"]["size"] == 84
+    counts = record["pseudo_labels"][0]
+    assert counts["images"] == 84 and 0 < counts["boxes"] <= 10 * counts["images_with_boxes"]
+    student_cfg = load_cfg(os.path.join(output_dir, "round1", "student", "config.yaml"))
+    assert student_cfg.SSDET.PSEUDO_LABELS.STORE == store
+    assert student_cfg.MODEL.WEIGHTS == ""
+    metrics = os.path.join(output_dir, "round1", "student", "metrics.json")
+    records = [json.loads(line) for line in open(metrics)]
+    assert any("loss_pseudo" in r for r in records)
+    # The command line reached every stage; the teacher has its own overrides too.
+    teacher_cfg = load_cfg(os.path.join(output_dir, "teacher", "config.yaml"))
+    assert teacher_cfg.SOLVER.BASE_LR == 0.02 and teacher_cfg.SOLVER.MAX_ITER == 20
+    assert teacher_cfg.DATASETS.TEST == student_cfg.DATASETS.TEST
+
+
+def test_final_checkpoint_loads_into_a_stock_detectron2_model(experiment):
+    output_dir, record = experiment
+    checkpoint = torch.load(os.path.join(output_dir, record["checkpoint"]), weights_only=True)
+    assert set(checkpoint) == {"model"}
+    cfg = load_cfg(EXPERIMENT, ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    incompatible = model.load_state_dict(checkpoint["model"], strict=True)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    # The last student's weights.
+    student = torch.load(
+        os.path.join(output_dir, "round1", "student", "model_final.pth"), weights_only=True
+    )
+    assert all(torch.equal(v, student["model"][k]) for k, v in checkpoint["model"].items())
+
+
+def test_rerun_skips_every_finished_stage(experiment):
+    output_dir, record = experiment
+    before = mtimes(output_dir)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "self_train.py"), "--config", EXPERIMENT]
+        + ["OUTPUT_DIR", output_dir],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ROUND1:
+        assert f"skipping {stage}: finished" in proc.stdout
+    assert "Starting training" not in proc.stdout + proc.stderr
+    assert mtimes(output_dir) == before
+    assert "| teacher |" in proc.stdout and "| student (round 1) |" in proc.stdout
+    again = read_json(os.path.join(output_dir, "final_metrics.json"))
+    assert again == record, "the summary of a finished experiment changed"
+
+
+def test_interrupted_student_resumes_from_its_last_checkpoint(experiment, tmp_path, monkeypatch):
+    output_dir = copy_experiment(experiment, tmp_path)
+    student_dir = os.path.join(output_dir, "round1", "student")
+    shutil.rmtree(student_dir)
+    for name in ("final_metrics.json", "model_final.pth"):
+        os.remove(os.path.join(output_dir, name))
+    upstream = [name for name in STAGE_OUTPUTS if not name.startswith("round1/student")]
+    before = mtimes(output_dir, upstream)
+
+    run_step = SimpleStudentTrainer.run_step
+
+    def killed_at_12(self):
+        if self.iter == 12:
+            raise RuntimeError("killed")
+        run_step(self)
+
+    monkeypatch.setattr(SimpleStudentTrainer, "run_step", killed_at_12)
+    with pytest.raises(RuntimeError, match="killed"):
+        self_train(output_dir)
+    monkeypatch.undo()
+    assert open(os.path.join(student_dir, "last_checkpoint")).read() == "model_0000009.pth"
+    assert not os.path.exists(os.path.join(student_dir, "final_metrics.json"))
+    assert not os.path.exists(os.path.join(output_dir, "final_metrics.json"))
+
+    record = self_train(output_dir)
+    log = open(os.path.join(student_dir, "log.txt")).read()
+    assert "Starting training from iteration 10" in log
+    assert log.count("Starting training from iteration") == 2
+    assert (
+        read_json(os.path.join(student_dir, "final_metrics.json"))["results"] == record["results"]
+    )
+    assert mtimes(output_dir, upstream) == before, "the teacher or the labeling ran again"
+
+
+def test_second_round_is_taught_by_the_first_student(experiment, tmp_path):
+    output_dir = copy_experiment(experiment, tmp_path)
+    before = mtimes(output_dir)
+    record = self_train(output_dir, rounds=2)
+    assert mtimes(output_dir) == before, "round 1 ran again"
+    assert record["stages"] == [*ROUND1, "round2/pseudo_labels", "round2/student"]
+    metadata = read_metadata(os.path.join(output_dir, "round2", "pseudo_labels", "store"))
+    assert metadata["teacher"]["weights_sha256"] == file_sha256(
+        os.path.join(output_dir, "round1", "student", "model_final.pth")
+    )
+    round2 = read_json(os.path.join(output_dir, "round2", "student", "final_metrics.json"))
+    assert record["results"] == record["rounds"][1] == round2["results"]
+    assert record["rounds"][0] == experiment[1]["results"]
+    assert len(record["pseudo_labels"]) == 2
+
+
+def test_given_teacher_is_evaluated_and_no_pseudo_box_is_a_clear_error(experiment, tmp_path):
+    teacher = os.path.join(experiment[0], "teacher", "model_final.pth")
+    output_dir = tmp_path / "exp"
+    opts = ["SSDET.EXPERIMENT.TEACHER_WEIGHTS", teacher, "SSDET.PSEUDO_LABELS.SCORE_THRESH", "0.99"]
+    with pytest.raises(InputError, match=r"SCORE_THRESH 0\.99.*train the teacher longer"):
+        self_train(output_dir, *opts)
+    # The given teacher was evaluated (not trained): the trained teacher's AP on the same weights.
+    evaluated = read_json(output_dir / "teacher" / "final_metrics.json")["results"]
+    assert not (output_dir / "teacher" / "model_final.pth").exists()
+    ap = experiment[1]["teacher"]["mini_coco_val"]["bbox"]["AP"]
+    assert evaluated["mini_coco_val"]["bbox"]["AP"] == pytest.approx(ap, abs=1e-6)
+    assert not (output_dir / "round1" / "student").exists()
+
+
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        (["SOLVER.WARMUP_ITERS", "3"], r"Stage teacher .* SOLVER.WARMUP_ITERS 5 -> 3"),
+        # The teacher's TEACHER_OPTS hold against the command line: only the student changed.
+        (["SOLVER.BASE_LR", "0.01"], r"Stage round1/student .* SOLVER.BASE_LR 0.02 -> 0.01"),
+        # The student's filter changes the student only: the pseudo labels are reused.
+        (
+            ["SSDET.PSEUDO_LABELS.SCORE_THRESH", "0.2"],
+            r"Stage round1/student .* SSDET.PSEUDO_LABELS.SCORE_THRESH 0.1 -> 0.2",
+        ),
+    ],
+)
+def test_stage_of_another_setup_is_refused(experiment, tmp_path, opts, message):
+    output_dir = copy_experiment(experiment, tmp_path)
+    with pytest.raises(InputError, match=message):
+        self_train(output_dir, *opts)
+
+
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        (
+            ["SSDET.EXPERIMENT.TEACHER_CONFIG", "nope.yaml"],
+            "Teacher config .*nope.yaml.* not found",
+        ),
+        (["SSDET.EXPERIMENT.TEACHER_CONFIG", ""], "TEACHER_CONFIG is empty"),
+        (
+            ["SSDET.EXPERIMENT.UNLABELED_DATASET", "no_such_set"],
+            "'no_such_set' is neither a folder nor a registered dataset",
+        ),
+        (["SSDET.EXPERIMENT.TEACHER_WEIGHTS", "/no/such.pth"], "TEACHER_WEIGHTS .* not found"),
+        (["SSDET.EXPERIMENT.STUDENT_INIT", "imagenet"], "valid: config, teacher"),
+        (["SSDET.EXPERIMENT.TEACHER_OPTS", "['SOLVER.MAX_ITER']"], "KEY VALUE pairs"),
+        (["SSDET.EXPERIMENT.TEACHER_OPTS", "['NO.SUCH_KEY', 1]"], "Bad config"),
+    ],
+)
+def test_bad_experiment_input_is_an_input_error(tiny_world, opts, message):
+    with pytest.raises(InputError, match=message):
+        plan_experiment(EXPERIMENT, ["OUTPUT_DIR", "output/unused", *opts])
+
+
+def test_bad_rounds_and_modes(tiny_world):
+    with pytest.raises(InputError, match=">= 1"):
+        plan_experiment(EXPERIMENT, [], rounds=0)
+    args = self_training_argument_parser().parse_args(["--config", EXPERIMENT, "--eval-only"])
+    with pytest.raises(InputError, match="tools/train_net.py --eval-only"):
+        run_self_training(args)
+
+
+def test_teacher_next_to_the_experiment_with_other_classes(tiny_world, tmp_path):
+    """TEACHER_CONFIG is found next to the experiment config; its classes must be the student's."""
+    instant = os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml")
+    (tmp_path / "teacher.yaml").write_text(
+        f"_BASE_: {instant!r}\nMODEL:\n  RETINANET:\n    NUM_CLASSES: 3\n"
+    )
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(
+        f"_BASE_: {EXPERIMENT!r}\nSSDET:\n  EXPERIMENT:\n    TEACHER_CONFIG: teacher.yaml\n"
+    )
+    with pytest.raises(InputError, match="NUM_CLASSES 3 but the student"):
+        plan_experiment(str(experiment), ["OUTPUT_DIR", "output/unused"])
+
+
+def test_plan_lays_out_the_rounds(tiny_world):
+    opts = ["OUTPUT_DIR", "output/x", "SEED", "3", "SOLVER.BASE_LR", "0.05"]
+    plan = plan_experiment(EXPERIMENT, opts, rounds=3)
+    names = [stage.name for stage in plan.stages]
+    assert names == ["teacher"] + [
+        f"round{k}/{part}" for k in (1, 2, 3) for part in ("pseudo_labels", "student")
+    ]
+    # Each round is taught by the previous round's student; the command line reaches all stages.
+    (label2, _), (label3, _) = plan.rounds[1], plan.rounds[2]
+    assert label2.weights == os.path.join(plan.output_dir, "round1", "student", "model_final.pth")
+    assert label3.weights == os.path.join(plan.output_dir, "round2", "student", "model_final.pth")
+    assert all(stage.load_cfg().SEED == 3 for stage in plan.stages)
+    # TEACHER_OPTS override the command line for the teacher (and its labeling config) only.
+    assert plan.teacher.load_cfg().SOLVER.BASE_LR == 0.02
+    assert plan.rounds[0][0].load_cfg().SOLVER.BASE_LR == 0.02
+    assert plan.rounds[0][1].load_cfg().SOLVER.BASE_LR == 0.05
+    assert plan.rounds[1][0].load_cfg().SOLVER.BASE_LR == 0.05
