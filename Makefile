@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The stamp file records that the environment matches requirements.txt and setup.py.
 STAMP := $(VENV)/.ssdet-installed
-MINI_CONFIG ?= configs/mini/retinanet_R18_FPN_S1_supervised.yaml
+MINI_CONFIG ?= configs/mini/retinanet_R18_FPN_S1_self_train.yaml
 DETECTRON2_DATASETS ?= datasets
 export DETECTRON2_DATASETS
 
@@ -28,11 +28,12 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-# The main job: generate the mini world if absent, train the supervised teacher, evaluate it and
-# print the AP table.
+# The main job: generate the mini world if absent, then the whole self-training experiment:
+# train the supervised teacher, pseudo-label mini-ImageNet, train the student, evaluate both and
+# print teacher vs student AP. A rerun skips finished stages and resumes an interrupted one.
 mini: setup
 	$(PY) datasets/prepare_mini_world.py
-	$(PY) tools/train_net.py --config $(MINI_CONFIG)
+	$(PY) tools/self_train.py --config $(MINI_CONFIG)
 
 test: setup
 	$(PY) -m pytest -q tests
