@@ -9,33 +9,12 @@ python tools/train_net.py --config CFG --num-gpus 8         # Detectron2's launc
 
 import time
 
-from detectron2.checkpoint import DetectionCheckpointer
-
-from ssdet.engine import (
-    StudentTrainer,
-    Trainer,
-    argument_parser,
-    run_tool,
-    setup_cfg,
-    write_final_metrics,
-)
+from ssdet.engine import argument_parser, run_tool, setup_cfg, train_or_evaluate
 
 
 def main(args):
     started = time.time()
-    cfg = setup_cfg(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        results = Trainer.test(cfg, model)
-    else:
-        trainer = StudentTrainer(cfg) if cfg.SSDET.PSEUDO_LABELS.STORE else Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
-        results = trainer.train()
-    write_final_metrics(cfg, results, started, args.config_file)
-    return results
+    return train_or_evaluate(setup_cfg(args), args, started)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from ssdet.engine.defaults import (
     setup_cfg,
     write_final_metrics,
 )
-from ssdet.engine.self_training import run_self_training
+from ssdet.engine.self_training import run_self_training, train_or_evaluate
 from ssdet.engine.student import (
     AMPStudentTrainer,
     PseudoLossWeighting,
@@ -27,5 +27,6 @@ __all__ = [
     "run_self_training",
     "run_tool",
     "setup_cfg",
+    "train_or_evaluate",
     "write_final_metrics",
 ]

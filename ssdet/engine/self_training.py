@@ -93,6 +93,7 @@ __all__ = [
     "run_self_training",
     "self_training_argument_parser",
     "train_main",
+    "train_or_evaluate",
 ]
 
 logger = logging.getLogger(__name__)
@@ -438,6 +439,20 @@ def train_main(args: argparse.Namespace) -> dict:
     cfg = setup_cfg(args)
     # A launched worker starts without handlers; this process has the experiment's stdout.
     _setup_stage_logging(cfg.OUTPUT_DIR, stdout=comm.get_world_size() > 1)
+    return train_or_evaluate(cfg, args, started)
+
+
+def train_or_evaluate(cfg: CfgNode, args: argparse.Namespace, started: float) -> dict:
+    """Train (or only evaluate) the detector of a set-up ``cfg``; write ``final_metrics.json``.
+
+    Args:
+        cfg: the run's frozen config, after :func:`~ssdet.engine.setup_cfg`.
+        args: ``config_file``, ``eval_only`` and ``resume``, as the tools' arguments.
+        started: the run's start (``time.time()``), for the recorded wall time.
+
+    Returns:
+        ``{dataset: {"bbox": metrics}}`` (the main process's).
+    """
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
