@@ -8,6 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from ssdet.config import add_ssdet_config
+from ssdet.modeling.init import check_init_config
 
 from .conftest import REPO
 
@@ -38,3 +39,13 @@ def test_config_loads_and_builds(path):
     assert cfg.OUTPUT_DIR.startswith("output/"), "each leaf config names its own output folder"
     model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
+def test_config_init_is_consistent(path):
+    """The backbone init and MODEL.WEIGHTS of every config pass the init checks, so a run records
+    the init that really starts its backbone (ImageNet weights come through SSDET.INIT, never a
+    whole-detector MODEL.WEIGHTS that would record RAND)."""
+    cfg = load(path)
+    check_init_config(cfg)
+    assert cfg.MODEL.WEIGHTS == "", path

@@ -260,9 +260,10 @@ class Grid:
         config, method_opts = self.methods[method]
         weights = self.inits.get(init, "")
         needs = []
-        opts = [*spec.opts, "SSDET.INIT", INITS[init]]
+        # INIT_WEIGHTS is always set: an empty value clears a base config's default weights file
+        # (the COCO configs default to ImageNet Init) for Rand Init.
+        opts = [*spec.opts, "SSDET.INIT", INITS[init], "SSDET.INIT_WEIGHTS", weights]
         if weights:
-            opts += ["SSDET.INIT_WEIGHTS", weights]
             needs.append((weights, f"the {init} init's weights"))
         opts += ["SSDET.AUGMENT.POLICY", aug]
         if spec.self_training:

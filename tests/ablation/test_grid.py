@@ -115,8 +115,9 @@ def test_command_of_each_method(make_grid, base_configs):
         assert cmd[4:6] == ["OUTPUT_DIR", os.path.join("out", run.name)]
         opts = pairs(cmd[6:])
         assert opts["SSDET.INIT"] == run.init.upper()
-        assert opts.get("SSDET.INIT_WEIGHTS") == (
-            base_configs["weights"] if run.init == "imagenet" else None
+        # Always given: "" clears a base config's default weights for Rand Init.
+        assert opts["SSDET.INIT_WEIGHTS"] == (
+            base_configs["weights"] if run.init == "imagenet" else ""
         )
         assert opts["SSDET.AUGMENT.POLICY"] == "S4"
         assert opts["SSDET.DATA.LABELED_FRACTION"] == "0.5"
@@ -158,6 +159,7 @@ def test_opts_are_valid_config_overrides(make_grid):
         assert cfg.SEED == run.seed == 0
         assert cfg.SSDET.DATA.LABELED_FRACTION == 1.0
         assert cfg.SSDET.INIT == run.init.upper()
+        assert (cfg.SSDET.INIT_WEIGHTS == "") is (run.init == "rand")
         assert cfg.SSDET.JOINT.ENABLED is (run.method in ("joint", "all_three"))
         assert cfg.SSDET.AUGMENT.POLICY == "S1"
 
