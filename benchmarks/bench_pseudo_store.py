@@ -12,8 +12,10 @@ processes:
   ``dataset[i]`` at random indices (cold: pages faulted in on first touch; warm: steady state),
   and the memory of the main process plus 2 DataLoader workers iterating random indices: PSS from
   /proc/<pid>/smaps_rollup (shared pages counted once, where RSS counts them once per process),
-  split into anonymous memory and file-backed pages of the memory-mapped store (shared by all
-  workers, reclaimable page cache, at most the store's size however long training runs).
+  split into anonymous memory (the filter's index arrays, shared copy-on-write by the workers) and
+  file-backed pages of the store mapped into the processes (only its per-image columns: the
+  dataset reads boxes, scores, classes and file names with pread, which leaves them in the page
+  cache, counted in no process).
 - COCO JSON baseline: the same boxes (every box, no filter) exported as a COCO annotation file,
   loaded with Detectron2's ``load_coco_json`` + ``DatasetFromList`` (serialized, as Detectron2's
   train loader does). Loading 1.28M images x 8 boxes of JSON needs more than 20 GB and minutes on a

@@ -1,5 +1,6 @@
 """Tests of the pseudo-label store: writer, merge, filter, balancing, dataset, COCO JSON."""
 
+import glob
 import json
 import logging
 import os
@@ -445,6 +446,104 @@ def test_dataset_through_dataset_mapper(tmp_path):
     assert out["instances"].gt_classes.tolist() == [1]
     np.testing.assert_allclose(out["instances"].gt_boxes.tensor.numpy(), [[5, 5, 20, 30]])
     assert MapDataset(dataset, mapper)[1]["width"] == 60  # unknown size taken from the image
+
+
+def _mapped_store_kb(path: str) -> int:
+    """Resident kB of this process's mappings of files under ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                inside = len(fields) >= 6 and fields[5].startswith(path + os.sep)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+def _expected_record(store, selection, idx):
+    """dataset[idx] computed from the memory-mapped arrays, as an independent reference."""
+    i = int(selection.image_index[idx])
+    rows = selection.box_rows[selection.box_offsets[i] : selection.box_offsets[i + 1]]
+    return (
+        store.file_name(i),
+        int(store.image_ids[i]),
+        store.boxes[rows].tolist(),
+        store.classes[rows].tolist(),
+        store.scores[rows].tolist(),
+    )
+
+
+def test_dataset_items_equal_the_mapped_arrays(tmp_path):
+    images = [
+        (name, h, w, np.column_stack([boxes, scores, classes]))
+        for name, h, w, scores, boxes, classes in _random_detections(60, seed=3)
+    ]
+    store = _write_store(tmp_path, images, image_root="/data/root")
+    for pseudo_filter in (
+        PseudoLabelFilter(score_thresh=0.3, max_boxes_per_image=2),
+        PseudoLabelFilter(score_thresh=0.6, keep_empty_images=True),
+        PseudoLabelFilter(balance_classes=True, images_per_class=9),
+    ):
+        selection = pseudo_filter.apply(store)
+        dataset = PseudoLabelDataset(selection)
+        assert len(dataset) > 0
+        for idx in range(len(dataset)):
+            record = dataset[idx]
+            name, image_id, boxes, classes, scores = _expected_record(store, selection, idx)
+            assert record["file_name"] == name and name.startswith("/data/root/img/")
+            assert record["image_id"] == image_id
+            assert [a["bbox"] for a in record["annotations"]] == boxes
+            assert [a["category_id"] for a in record["annotations"]] == classes
+            assert [a["score"] for a in record["annotations"]] == scores
+        # Survives pickling (spawned workers) with its own file descriptors.
+        clone = pickle.loads(pickle.dumps(dataset))
+        assert clone[len(dataset) - 1] == dataset[len(dataset) - 1]
+
+
+def test_column_reader_rows(tmp_path, filter_store):
+    reader = filter_store.reader()
+    for name in ("boxes", "scores", "classes", "image_ids", "file_name_bytes"):
+        column = getattr(filter_store, name)
+        for start, stop in ((0, len(column)), (1, 2), (len(column) - 1, len(column)), (1, 1)):
+            got = reader.rows(name, start, stop)
+            assert got.dtype == column.dtype
+            np.testing.assert_array_equal(got, column[start:stop])
+    with pytest.raises(PseudoLabelStoreError, match="short read of scores.npy"):
+        reader.rows("scores", 0, len(filter_store.scores) + 5)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc smaps")
+def test_dataset_does_not_keep_store_pages_resident(tmp_path):
+    """Iterating every item leaves only the per-image columns of the store mapped in the process,
+    where indexing the memory maps would leave all of it resident: a worker's memory stays flat."""
+    rng = np.random.default_rng(0)
+    n, k = 4000, 8
+    writer = PseudoLabelShardWriter(tmp_path / "big.npz", len(CLASSES), score_floor=0.0)
+    for i in range(n):
+        xy = rng.uniform(0, 500, size=(k, 2))
+        boxes = np.concatenate([xy, xy + 20], axis=1)
+        writer.add(
+            i, f"images/{i:06d}.jpg", 480, 640, boxes, rng.uniform(0, 1, k), np.zeros(k, int)
+        )
+    store = merge_shards([writer.write()], tmp_path / "big", _provenance())
+    store_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(store.path, "*.npy")))
+    assert store_bytes > 400_000
+    selection = PseudoLabelFilter.keep_all().apply(store)  # reads whole columns
+    assert _mapped_store_kb(store.path) > 0
+    dataset = PseudoLabelDataset(selection)
+    for idx in rng.permutation(len(dataset)).tolist():
+        dataset[idx]
+    # Only the per-image columns (24 bytes per image) stay mapped; boxes, scores, classes and file
+    # names (most of the store) are read with pread.
+    per_image = sum(
+        getattr(store, c).nbytes for c in ("image_ids", "heights", "widths", "file_name_offsets")
+    )
+    assert _mapped_store_kb(store.path) * 1024 <= per_image + 4 * 4096 < store_bytes / 5
+    # The reference: the same reads through the maps make the store resident.
+    for i in range(n):
+        store.boxes[store.image_offsets[i] : store.image_offsets[i + 1]].tolist()
+    assert _mapped_store_kb(store.path) * 1024 >= 0.9 * store.boxes.nbytes
 
 
 def test_register_dataset(tmp_path, filter_store):
