@@ -9,12 +9,19 @@ python tools/train_net.py --config CFG --num-gpus 8         # Detectron2's launc
 
 import time
 
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
 from ssdet.engine import argument_parser, run_tool, setup_cfg, train_or_evaluate
 
 
 def main(args):
     started = time.time()
-    return train_or_evaluate(setup_cfg(args), args, started)
+    cfg = setup_cfg(args)
+    # default_setup configures Detectron2's loggers only; ssdet's own lines (the backbone init,
+    # the pseudo-label filter) belong in log.txt too.
+    setup_logger(cfg.OUTPUT_DIR, comm.get_rank(), name="ssdet", abbrev_name="ssdet")
+    return train_or_evaluate(cfg, args, started)
 
 
 if __name__ == "__main__":

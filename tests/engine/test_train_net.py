@@ -41,6 +41,9 @@ def test_train_and_evaluate(trained):
     assert "| mini_coco_val |" in proc.stdout
     for f in ("config.yaml", "model_final.pth", "labeled_subset.json", "metrics.json"):
         assert os.path.isfile(os.path.join(out, f)), f
+    # ssdet's own log lines reach log.txt, once each.
+    log = open(os.path.join(out, "log.txt")).read()
+    assert log.count("SSDET.INIT RAND: the backbone keeps Detectron2's random") == 1
     # Detectron2's JSON metrics: one record per logging period with the RetinaNet losses.
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
     losses = [r["total_loss"] for r in records if "total_loss" in r]
