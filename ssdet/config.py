@@ -71,6 +71,11 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.PSEUDO_LABELS.MAX_BOXES_PER_IMAGE = 0
     # Drop pseudo boxes whose shorter side is below this (pixels, original image); 0 = keep all.
     _C.SSDET.PSEUDO_LABELS.MIN_BOX_SIZE = 0.0
+    # Ignore regions: boxes the filter does not keep (below SCORE_THRESH, over
+    # MAX_BOXES_PER_IMAGE, under MIN_BOX_SIZE) but scoring >= this (0-1) are passed on with class
+    # -1, so that RetinaNet ignores their anchors instead of teaching them as background (objects
+    # the teacher is unsure of are often real). 0 = off; must be below every keep threshold.
+    _C.SSDET.PSEUDO_LABELS.IGNORE_SCORE_THRESH = 0.0
     # Keep images left without pseudo boxes as background-only images (once each, not balanced).
     _C.SSDET.PSEUDO_LABELS.KEEP_EMPTY_IMAGES = False
     # Noisy Student's class balancing: an image's class is that of its top-scoring kept box; each

@@ -19,6 +19,8 @@ import numpy as np
 from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.utils import comm
 
 from ssdet.data.augment import PolicyDatasetMapper
@@ -169,7 +171,17 @@ def load_pseudo_label_dataset(cfg: CfgNode) -> PseudoLabelDataset:
                 f"{list(classes)[:10]}... ({len(classes)}): the teacher must be trained on the "
                 "same classes, in the same order, as the student."
             )
-    selection = PseudoLabelFilter.from_config(cfg).apply(store)
+    pseudo_filter = PseudoLabelFilter.from_config(cfg)
+    if pseudo_filter.ignore_score_thresh > 0:
+        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+        if not issubclass(arch, RetinaNet):
+            # Ignore regions are annotations of class -1; RetinaNet's anchor labeling turns them
+            # into ignored anchors, other detectors would index classes with -1.
+            raise InputError(
+                "SSDET.PSEUDO_LABELS.IGNORE_SCORE_THRESH needs a RetinaNet detector, not "
+                f"{cfg.MODEL.META_ARCHITECTURE}; set it to 0."
+            )
+    selection = pseudo_filter.apply(store)
     warn_if_almost_empty(selection)
     dataset = PseudoLabelDataset(selection)
     if len(dataset) == 0:

@@ -872,6 +872,8 @@ class PseudoLabelSelection:
             score-descending within one.
         image_classes: int32 (N,) class of each base image's highest-scoring kept box; -1 if none.
         pseudo_filter: the filter that produced this selection.
+        ignore_offsets, ignore_rows: the ignore regions of each base image, laid out as
+            ``box_offsets`` / ``box_rows``; None when the filter has no ``ignore_score_thresh``.
     """
 
     store: PseudoLabelStore
@@ -880,6 +882,8 @@ class PseudoLabelSelection:
     box_rows: np.ndarray
     image_classes: np.ndarray
     pseudo_filter: PseudoLabelFilter
+    ignore_offsets: np.ndarray | None = None
+    ignore_rows: np.ndarray | None = None
 
     @property
     def num_kept_boxes(self) -> int:
@@ -909,6 +913,9 @@ class PseudoLabelFilter:
             with the highest top-box score (Noisy Student's rule), "random" a seeded draw.
         balance_seed: seed of the balancing draws; class c uses ``default_rng((seed, c))``, so
             one class's draw does not depend on the others.
+        ignore_score_thresh: stored boxes that are not kept but score >= this become ignore
+            regions (dataset annotations with ``category_id`` -1); 0 = none. Below every keep
+            threshold.
     """
 
     score_thresh: float = 0.5
@@ -920,6 +927,7 @@ class PseudoLabelFilter:
     images_per_class: int = 0
     balance_subsample: str = "top_score"
     balance_seed: int = 0
+    ignore_score_thresh: float = 0.0
 
     def __post_init__(self) -> None:
         if self.balance_subsample not in BALANCE_SUBSAMPLE_RULES:
@@ -931,6 +939,12 @@ class PseudoLabelFilter:
             raise InputError(
                 "max_boxes_per_image, images_per_class and min_box_size must be >= 0 "
                 "(0 disables them)"
+            )
+        keep_min = min([self.score_thresh, *self.class_score_threshs.values()])
+        if self.ignore_score_thresh < 0 or 0 < keep_min <= self.ignore_score_thresh:
+            raise InputError(
+                f"SSDET.PSEUDO_LABELS.IGNORE_SCORE_THRESH {self.ignore_score_thresh} must be >= 0 "
+                f"and below the lowest keep threshold {keep_min} (0 disables ignore regions)"
             )
 
     @classmethod
@@ -955,6 +969,7 @@ class PseudoLabelFilter:
             images_per_class=c.IMAGES_PER_CLASS,
             balance_subsample=c.BALANCE_SUBSAMPLE,
             balance_seed=c.BALANCE_SEED,
+            ignore_score_thresh=c.IGNORE_SCORE_THRESH,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -1047,6 +1062,14 @@ class PseudoLabelFilter:
             picked = labeled
         if self.keep_empty_images:
             picked = np.concatenate([picked, np.flatnonzero(counts == 0)])
+        ignore_offsets = ignore_rows = None
+        if self.ignore_score_thresh > 0:
+            ignore = scores >= np.float32(self.ignore_score_thresh)
+            ignore[rows] = False
+            ignore_rows = np.flatnonzero(ignore)
+            ignore_images = np.searchsorted(store.image_offsets, ignore_rows, side="right") - 1
+            ignore_offsets = _offsets_from_counts(np.bincount(ignore_images, minlength=n))
+            ignore_rows = ignore_rows.astype(_row_dtype(store.num_boxes))
         selection = PseudoLabelSelection(
             store=store,
             image_index=np.sort(picked).astype(np.int64),
@@ -1054,9 +1077,11 @@ class PseudoLabelFilter:
             box_rows=box_rows,
             image_classes=image_classes,
             pseudo_filter=self,
+            ignore_offsets=ignore_offsets,
+            ignore_rows=ignore_rows,
         )
         logger.info(
-            "Pseudo labels %s: kept %d of %d boxes on %d of %d images; %d dataset images%s",
+            "Pseudo labels %s: kept %d of %d boxes on %d of %d images; %d dataset images%s%s",
             store.path,
             len(box_rows),
             store.num_boxes,
@@ -1064,6 +1089,9 @@ class PseudoLabelFilter:
             n,
             len(selection.image_index),
             " after class balancing" if self.balance_classes else "",
+            f"; {len(ignore_rows)} ignore regions (scores >= {self.ignore_score_thresh})"
+            if ignore_rows is not None
+            else "",
         )
         warn_if_almost_empty(selection)
         return selection
@@ -1179,6 +1207,8 @@ class PseudoLabelDataset(torchdata.Dataset, Sequence):
     Each item: ``{"file_name", "image_id", "height", "width", "annotations": [{"bbox" (XYXY),
     "bbox_mode": BoxMode.XYXY_ABS, "category_id" (contiguous), "score"}]}``; "height" and "width"
     are left out when unknown (stored as 0), so that ``DatasetMapper`` takes them from the image.
+    The filter's ignore regions follow the kept boxes with ``category_id`` -1: Detectron2's
+    RetinaNet gives the anchors it matches to them the label -1, which its losses skip.
 
     Args:
         selection: the output of :meth:`PseudoLabelFilter.apply`.
@@ -1191,6 +1221,8 @@ class PseudoLabelDataset(torchdata.Dataset, Sequence):
         self._image_index = selection.image_index
         self._box_offsets = selection.box_offsets
         self._box_rows = selection.box_rows
+        self._ignore_offsets = selection.ignore_offsets
+        self._ignore_rows = selection.ignore_rows
         # The box columns and file names (~30 bytes per box, most of a store) are read with pread
         # (see ColumnReader), so the workers' memory stays flat however many images they visit.
         # The per-image columns (24 bytes per image, 31 MB for ImageNet) stay memory-mapped: one
@@ -1216,13 +1248,19 @@ class PseudoLabelDataset(torchdata.Dataset, Sequence):
             raise IndexError(f"pseudo-label dataset index {idx} out of range for {size} images")
         i = int(self._image_index[idx])
         start, end = self._box_offsets[i : i + 2].tolist()
+        rows = self._box_rows[start:end]
+        if self._ignore_offsets is not None:
+            ignore_start, ignore_end = self._ignore_offsets[i : i + 2].tolist()
+            ignore_rows = self._ignore_rows[ignore_start:ignore_end]
+        else:
+            ignore_rows = rows[:0]
         handles = self._reader.handles()
         annotations = []
-        if end > start:
-            # An image's rows are contiguous in the store and the kept ones ascending: read the
-            # span once per column (3 system calls) and pick the kept rows from it.
-            rows = self._box_rows[start:end]
-            first, count = int(rows[0]), int(rows[-1]) + 1 - int(rows[0])
+        if len(rows) or len(ignore_rows):
+            # An image's rows are contiguous in the store and the selected ones ascending: read
+            # the span once per column (3 system calls) and pick the rows from it.
+            first = min(int(r[0]) for r in (rows, ignore_rows) if len(r))
+            count = max(int(r[-1]) for r in (rows, ignore_rows) if len(r)) + 1 - first
             columns = []
             for name in ("boxes", "classes", "scores"):
                 fd, offset, row_bytes, dtype = handles[name]
@@ -1230,13 +1268,21 @@ class PseudoLabelDataset(torchdata.Dataset, Sequence):
                 columns.append(np.frombuffer(data, dtype=dtype))
             boxes, classes, scores = columns
             boxes = boxes.reshape(count, 4)
-            if count != end - start:
+            if count != len(rows):
                 picked = rows - first
-                boxes, classes, scores = boxes[picked], classes[picked], scores[picked]
+                kept = boxes[picked], classes[picked], scores[picked]
+            else:
+                kept = boxes, classes, scores
             annotations = [
                 {"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": c, "score": s}
-                for box, c, s in zip(boxes.tolist(), classes.tolist(), scores.tolist(), strict=True)
+                for box, c, s in zip(*(a.tolist() for a in kept), strict=True)
             ]
+            if len(ignore_rows):
+                picked = ignore_rows - first
+                annotations += [
+                    {"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": -1, "score": s}
+                    for box, s in zip(boxes[picked].tolist(), scores[picked].tolist(), strict=True)
+                ]
         name_start, name_end = self._name_offsets[i : i + 2].tolist()
         fd, offset, _, _ = handles["file_name_bytes"]
         name = pread_exact(fd, name_end - name_start, offset + name_start, "file_name_bytes")

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
@@ -269,3 +270,23 @@ def test_from_config_input_errors(pseudo_store, tmp_path):
     cfg.SSDET.PSEUDO_LABELS.STORE = ""
     cfg.SSDET.SELF_TRAINING.PSEUDO_RATIO = 0.0
     assert build_mixed_train_loader(cfg).num_pseudo == 0
+
+
+def test_ignore_regions_reach_the_student_batches(pseudo_store, tmp_path):
+    """Through the pseudo part's mapper, ignore regions stay instances of class -1."""
+    cfg = student_cfg(OUTPUT_DIR=str(tmp_path))
+    cfg.SSDET.PSEUDO_LABELS.STORE = pseudo_store
+    cfg.SSDET.PSEUDO_LABELS.IGNORE_SCORE_THRESH = 0.2  # the made-up 0.3 boxes
+    cfg.SSDET.SELF_TRAINING.PSEUDO_AUGMENT_POLICY = "S1"
+    classes = torch.cat(
+        [
+            d["instances"].gt_classes
+            for b in take(build_mixed_train_loader(cfg), 4)
+            for d in b.pseudo
+        ]
+    )
+    assert (classes == -1).any() and (classes >= 0).any()
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 10
+    with pytest.raises(InputError, match="needs a RetinaNet detector"):
+        build_mixed_train_loader(cfg)

@@ -14,6 +14,7 @@ from detectron2.data.common import MapDataset
 from detectron2.data.dataset_mapper import DatasetMapper
 from detectron2.data.samplers import TrainingSampler
 from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.utils.events import EventStorage
 from PIL import Image
 
 from ssdet.data.pseudo_labels import (
@@ -446,6 +447,82 @@ def test_dataset_through_dataset_mapper(tmp_path):
     assert out["instances"].gt_classes.tolist() == [1]
     np.testing.assert_allclose(out["instances"].gt_boxes.tensor.numpy(), [[5, 5, 20, 30]])
     assert MapDataset(dataset, mapper)[1]["width"] == 60  # unknown size taken from the image
+
+
+def test_ignore_regions(filter_store):
+    """Boxes not kept but above the ignore threshold come after the kept ones with class -1."""
+    pseudo_filter = PseudoLabelFilter(
+        score_thresh=0.5, max_boxes_per_image=1, min_box_size=3, ignore_score_thresh=0.3
+    )
+    selection = pseudo_filter.apply(filter_store)
+    dataset = PseudoLabelDataset(selection)
+    assert len(dataset) == 2  # image 2 has only an ignore-level box at 0.2 < 0.3: still dropped
+    image0, image1 = dataset[0]["annotations"], dataset[1]["annotations"]
+    # image 0: person 0.9 kept; the 2x2 car 0.6 (under MIN_BOX_SIZE) and dog 0.4 are ignored.
+    assert [(a["category_id"], a["score"]) for a in image0] == [
+        (0, pytest.approx(0.9)),
+        (-1, pytest.approx(0.6)),
+        (-1, pytest.approx(0.4)),
+    ]
+    assert image0[1]["bbox"] == [0, 0, 2, 2]
+    # image 1: dog 0.55 kept; dog 0.5 (over max_boxes_per_image) and person 0.45 ignored.
+    assert [a["category_id"] for a in image1] == [2, -1, -1]
+    np.testing.assert_array_equal(np.diff(selection.ignore_offsets), [2, 2, 0])
+    # Off by default: no ignore regions, the kept boxes only.
+    plain = PseudoLabelDataset(PseudoLabelFilter(score_thresh=0.5).apply(filter_store))
+    assert plain.selection.ignore_rows is None
+    assert all(a["category_id"] >= 0 for r in plain for a in r["annotations"])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(score_thresh=0.5, ignore_score_thresh=0.5),
+        dict(score_thresh=0.5, class_score_threshs={"dog": 0.2}, ignore_score_thresh=0.3),
+        dict(ignore_score_thresh=-0.1),
+    ],
+)
+def test_ignore_threshold_must_be_below_keep_thresholds(kwargs):
+    with pytest.raises(InputError, match="IGNORE_SCORE_THRESH"):
+        PseudoLabelFilter(**kwargs)
+
+
+def test_ignore_regions_become_ignored_anchors_in_retinanet():
+    """Detectron2's RetinaNet labels anchors matched to a class -1 box -1, which its losses skip:
+    the mechanism the ignore regions rely on."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.RETINANET.NUM_CLASSES = 3
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).train()
+    image = {"image": torch.zeros(3, 128, 128), "height": 128, "width": 128}
+
+    def losses_and_labels(boxes, classes):
+        instances = Instances((128, 128))
+        instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        instances.gt_classes = torch.tensor(classes)
+        with EventStorage():
+            losses = model([{**image, "instances": instances}])
+        features = model.backbone(model.preprocess_image([image]).tensor)
+        anchors = model.anchor_generator([features[f] for f in model.head_in_features])
+        (labels,), _ = model.label_anchors(anchors, [instances])
+        return losses, labels
+
+    person, ignored = [10, 10, 60, 60], [70, 70, 120, 120]
+    losses, labels = losses_and_labels([person, ignored], [1, -1])
+    assert (labels == 1).any() and (labels == -1).any() and (labels == 3).any()
+    assert all(torch.isfinite(v) for v in losses.values())
+    # Without the ignore region, its anchors would be background.
+    _, without = losses_and_labels([person], [1])
+    assert ((labels == -1) & (without == 3)).sum() > ((labels == 3) & (without == -1)).sum()
 
 
 def _mapped_store_kb(path: str) -> int:
