@@ -66,7 +66,6 @@ __all__ = [
     "import_coco_json",
     "is_almost_empty",
     "merge_shards",
-    "pread_exact",
     "read_metadata",
     "register_pseudo_label_dataset",
     "warn_if_almost_empty",
@@ -670,11 +669,8 @@ class ColumnReader:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handles": {}, "_pid": -1}
 
-    def handles(self) -> dict[str, tuple[int, int, int, np.dtype]]:
-        """Column -> (file descriptor, data offset, bytes per row, dtype), for this process.
-
-        For hot loops that call ``os.pread`` themselves (see :func:`pread_exact`).
-        """
+    def _open(self) -> dict[str, tuple[int, int, int, np.dtype]]:
+        """Column -> (file descriptor, data offset, bytes per row, dtype), for this process."""
         if self._pid != os.getpid():
             # Descriptors inherited through fork would work too (pread has no file position), but
             # a process that opens its own owns their lifetime.
@@ -686,13 +682,22 @@ class ColumnReader:
 
     def raw(self, name: str, start: int, stop: int) -> bytes:
         """The bytes of rows ``[start, stop)`` of column ``name``."""
-        fd, offset, row_bytes, _ = self.handles()[name]
-        return pread_exact(fd, max(stop - start, 0) * row_bytes, offset + start * row_bytes, name)
+        fd, offset, row_bytes, _ = self._open()[name]
+        size = max(stop - start, 0) * row_bytes
+        data = os.pread(fd, size, offset + start * row_bytes)
+        if len(data) != size:
+            raise PseudoLabelStoreError(
+                f"short read of {name}.npy ({len(data)} of {size} bytes at row {start}): the "
+                "pseudo-label store changed or was truncated while in use"
+            )
+        return data
 
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` of column ``name``, as a new read-only array."""
         dtype, row_shape, _ = self._layout[name]
-        return np.frombuffer(self.raw(name, start, stop), dtype=dtype).reshape(-1, *row_shape)
+        array = np.frombuffer(self.raw(name, start, stop), dtype=dtype)
+        # reshape costs a microsecond per call: only for the 2-D boxes.
+        return array.reshape(-1, *row_shape) if row_shape else array
 
     def close(self) -> None:
         for fd, *_ in self._handles.values():
@@ -702,17 +707,6 @@ class ColumnReader:
     def __del__(self) -> None:
         if self._pid == os.getpid():
             self.close()
-
-
-def pread_exact(fd: int, size: int, offset: int, column: str) -> bytes:
-    """``os.pread`` that fails clearly on a short read (a store truncated while in use)."""
-    data = os.pread(fd, size, offset)
-    if len(data) != size:
-        raise PseudoLabelStoreError(
-            f"short read of {column}.npy ({len(data)} of {size} bytes at offset {offset}): the "
-            "pseudo-label store changed or was truncated while in use"
-        )
-    return data
 
 
 class PseudoLabelStore:
@@ -741,13 +735,21 @@ class PseudoLabelStore:
     scores: np.ndarray
     classes: np.ndarray
 
-    def __init__(self, path: str, metadata: dict[str, Any], columns: dict[str, np.ndarray]):
+    def __init__(self, path: str, metadata: dict[str, Any], columns: dict[str, np.memmap]):
         self.path = path
         self.class_names: list[str] = list(metadata["class_names"])
         self.score_floor = float(metadata["score_floor"])
         self.image_root = str(metadata.get("image_root") or "")
         for name, array in columns.items():
-            setattr(self, name, array)
+            # A plain ndarray view of the same mapping: np.memmap's subclass hooks cost
+            # microseconds on every small index operation.
+            setattr(self, name, np.asarray(array))
+        # Where each column's data starts in its file (after the .npy header), for ColumnReader;
+        # and the mappings themselves, for release_pages.
+        self._column_files = {
+            name: (array.filename, int(array.offset)) for name, array in columns.items()
+        }
+        self._mmaps = [array._mmap for array in columns.values() if array._mmap is not None]
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> PseudoLabelStore:
@@ -763,7 +765,7 @@ class PseudoLabelStore:
         def fail(why: str) -> PseudoLabelStoreError:
             return PseudoLabelStoreError(f"incomplete or not a pseudo-label store: {path} ({why})")
 
-        columns, mappings = {}, {}
+        columns = {}
         for name, (dtypes, ndim) in _COLUMNS.items():
             try:
                 array = np.load(os.path.join(path, name + ".npy"), mmap_mode="r")
@@ -771,10 +773,7 @@ class PseudoLabelStore:
                 raise fail(f"cannot map {name}.npy: {e}") from e
             if array.dtype.type not in dtypes or array.ndim != ndim:
                 raise fail(f"{name}.npy has dtype {array.dtype} and {array.ndim} dims")
-            mappings[name] = array
-            # A plain ndarray view of the same mapping: np.memmap's subclass hooks cost
-            # microseconds on every small index operation.
-            columns[name] = np.asarray(array)
+            columns[name] = array
         try:
             n, m = int(metadata["counts"]["images"]), int(metadata["counts"]["boxes"])
         except (KeyError, TypeError, ValueError) as e:
@@ -797,15 +796,7 @@ class PseudoLabelStore:
             raise fail("image_offsets do not span the boxes")
         if columns["file_name_offsets"][-1] != len(columns["file_name_bytes"]):
             raise fail("file_name_offsets do not span file_name_bytes")
-        store = cls(path, metadata, columns)
-        # Where each column's data starts in its file (after the .npy header), for ColumnReader;
-        # and the mappings themselves, for release_pages.
-        store._column_files = {
-            name: (os.path.join(path, name + ".npy"), int(array.offset))
-            for name, array in mappings.items()
-        }
-        store._mmaps = [array._mmap for array in mappings.values() if array._mmap is not None]
-        return store
+        return cls(path, metadata, columns)
 
     def release_pages(self) -> None:
         """Unmap the pages this process has touched in the columns (they stay in the page cache).
@@ -817,7 +808,7 @@ class PseudoLabelStore:
         advice = getattr(mmap, "MADV_DONTNEED", None)
         if advice is None:  # not Linux/BSD: nothing to release
             return
-        for mapping in getattr(self, "_mmaps", ()):
+        for mapping in self._mmaps:
             mapping.madvise(advice)
 
     def reader(self) -> ColumnReader:
@@ -1254,21 +1245,19 @@ class PseudoLabelDataset(torchdata.Dataset, Sequence):
             ignore_rows = self._ignore_rows[ignore_start:ignore_end]
         else:
             ignore_rows = rows[:0]
-        handles = self._reader.handles()
         annotations = []
         if len(rows) or len(ignore_rows):
             # An image's rows are contiguous in the store and the selected ones ascending: read
             # the span once per column (3 system calls) and pick the rows from it.
             first = min(int(r[0]) for r in (rows, ignore_rows) if len(r))
-            count = max(int(r[-1]) for r in (rows, ignore_rows) if len(r)) + 1 - first
-            columns = []
-            for name in ("boxes", "classes", "scores"):
-                fd, offset, row_bytes, dtype = handles[name]
-                data = pread_exact(fd, count * row_bytes, offset + first * row_bytes, name)
-                columns.append(np.frombuffer(data, dtype=dtype))
-            boxes, classes, scores = columns
-            boxes = boxes.reshape(count, 4)
-            if count != len(rows):
+            stop = max(int(r[-1]) for r in (rows, ignore_rows) if len(r)) + 1
+            read = self._reader.rows
+            boxes, classes, scores = (
+                read("boxes", first, stop),
+                read("classes", first, stop),
+                read("scores", first, stop),
+            )
+            if stop - first != len(rows):
                 picked = rows - first
                 kept = boxes[picked], classes[picked], scores[picked]
             else:
@@ -1284,9 +1273,7 @@ class PseudoLabelDataset(torchdata.Dataset, Sequence):
                     for box, s in zip(boxes[picked].tolist(), scores[picked].tolist(), strict=True)
                 ]
         name_start, name_end = self._name_offsets[i : i + 2].tolist()
-        fd, offset, _, _ = handles["file_name_bytes"]
-        name = pread_exact(fd, name_end - name_start, offset + name_start, "file_name_bytes")
-        file_name = name.decode("utf-8")
+        file_name = self._reader.raw("file_name_bytes", name_start, name_end).decode("utf-8")
         if self._image_root:
             file_name = os.path.join(self._image_root, file_name)
         record = {"file_name": file_name, "image_id": int(self._image_ids[i])}
