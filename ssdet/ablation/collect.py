@@ -36,6 +36,7 @@ class RunResult:
         metrics: COCO box metrics (AP, AP50, ...; NaN where COCO reports none) when done.
         returncode: the failed run's return code, if recorded.
         message: why the run failed or is unreadable: the runner's error or the log's last line.
+        wall_time_s: the finished run's wall time as its tool recorded it (NaN if not recorded).
     """
 
     run: Run
@@ -43,6 +44,7 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
     returncode: int | None = None
     message: str = ""
+    wall_time_s: float = math.nan
 
 
 @dataclass
@@ -107,7 +109,9 @@ def read_run(run: Run, status: dict, eval_dataset: str = "") -> RunResult:
             run.name,
             run.seed,
         )
-    return RunResult(run, "done", metrics=metrics)
+    wall = record.get("wall_time_s")
+    wall_time_s = float(wall) if isinstance(wall, (int, float)) else math.nan
+    return RunResult(run, "done", metrics=metrics, wall_time_s=wall_time_s)
 
 
 def collect_runs(runs: Sequence[Run], output_dir: str, eval_dataset: str = "") -> list[RunResult]:

@@ -173,10 +173,31 @@ def _counts(results: Sequence[RunResult]) -> str:
     return f"{len(results)} runs: {done} finished{extra}"
 
 
+def format_duration(seconds: float) -> str:
+    """``"2 h 05 min"`` / ``"7 min"``; ``"-"`` for NaN."""
+    if math.isnan(seconds):
+        return MISSING
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _wall_time(results: Sequence[RunResult]) -> str:
+    """The finished runs' total wall time: what the grid cost when its runs go one after the
+    other on one machine (each tool records its own wall time, wherever it ran)."""
+    walls = [r.wall_time_s for r in results if r.state == "done"]
+    known = [w for w in walls if not math.isnan(w)]
+    text = f"wall time of the finished runs: {format_duration(sum(known)) if known else MISSING}"
+    if len(known) < len(walls):
+        text += f" ({len(walls) - len(known)} without a recorded time)"
+    return text
+
+
 def render_markdown(grid: Grid, tables: Sequence[Table], results: Sequence[RunResult]) -> str:
-    """All tables as Markdown, then the runs without results (state, return code, message)."""
+    """All tables as Markdown, then every run's AP and wall time, then the runs without results
+    (state, return code, message)."""
     num_seeds = len(grid.axes["seed"])
-    out = [f"# Ablation: {grid.name}", "", f"Grid `{grid.path}`; {_counts(results)}.", ""]
+    out = [f"# Ablation: {grid.name}", ""]
+    out += [f"Grid `{grid.path}`; {_counts(results)}; {_wall_time(results)}.", ""]
     out += [_legend(grid), ""]
     for t in tables:
         out += [f"## {t.title}", "", "| Setup | " + " | ".join(t.columns) + " |"]
@@ -184,6 +205,13 @@ def render_markdown(grid: Grid, tables: Sequence[Table], results: Sequence[RunRe
         for label, cells, show_delta in t.rows:
             texts = [format_cell(c, show_delta, num_seeds) for c in cells]
             out.append(f"| {label} | " + " | ".join(texts) + " |")
+        out.append("")
+    done = [r for r in results if r.state == "done"]
+    if done:
+        out += ["## Runs", "", "| run | AP | wall time |", "|---|---:|---:|"]
+        for r in done:
+            ap = NO_VALUE if math.isnan(r.metrics["AP"]) else f"{r.metrics['AP']:.1f}"
+            out.append(f"| {r.run.name} | {ap} | {format_duration(r.wall_time_s)} |")
         out.append("")
     unfinished = _unfinished(results)
     if unfinished:
@@ -208,7 +236,8 @@ def render_latex(grid: Grid, tables: Sequence[Table], results: Sequence[RunResul
     """All tables as LaTeX ``table`` environments (booktabs), runs without results as comments."""
     num_seeds = len(grid.axes["seed"])
     out = [
-        f"% Ablation {_tex(grid.name)}: grid {grid.path}; {_counts(results)}.",
+        f"% Ablation {_tex(grid.name)}: grid {grid.path}; {_counts(results)}; "
+        f"{_wall_time(results)}.",
         "% " + _legend(grid),
         "% Needs \\usepackage{booktabs}.",
     ]

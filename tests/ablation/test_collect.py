@@ -314,3 +314,32 @@ def test_finished_runs_without_a_value_are_not_missing(make_grid, tmp_path):
     tables = parse_markdown(open(os.path.join(out, "tables.md")).read())
     row = tables["Table 1: supervised AP by init and augmentation (100% labeled)"][1]
     assert row == ["Rand Init, supervised", "nan", "-"]
+
+
+def test_wall_time_is_summed_and_listed_per_run(make_grid, tmp_path):
+    """The grid's cost in the rendered tables: each finished run's recorded wall time and their
+    sum; a run without a recorded time is counted, not guessed."""
+    axes = {"init": ["rand"], "augmentation": ["S1", "S4"], "method": ["supervised"]}
+    axes["seed"] = [0, 1]
+    out = str(tmp_path / "out")
+    grid = load_grid(make_grid(axes=axes))
+    runs = grid.runs(out, "tools")
+    for run, wall in zip(runs[:3], (3000.0, 1500.4, None), strict=True):
+        extra = {} if wall is None else {"wall_time_s": wall}
+        write_metrics(run, {"AP": 10.0 + run.seed}, **extra)
+    results = collect_runs(runs, out)
+    assert [r.wall_time_s for r in results[:2]] == [3000.0, 1500.4]
+    assert math.isnan(results[2].wall_time_s) and math.isnan(results[3].wall_time_s)
+    render_all(out, grid, aggregate(results), results)
+    text = open(os.path.join(out, "tables.md")).read()
+    # 4500.4 s = 75 min.
+    assert "wall time of the finished runs: 1 h 15 min (1 without a recorded time)" in text
+    rows = parse_markdown(text)["Runs"]
+    assert rows[0] == ["run", "AP", "wall time"]
+    assert rows[1:] == [
+        [runs[0].name, "10.0", "50 min"],
+        [runs[1].name, "10.0", "25 min"],
+        [runs[2].name, "11.0", "-"],
+    ]
+    tex = open(os.path.join(out, "tables.tex")).read()
+    assert "wall time of the finished runs: 1 h 15 min" in tex.splitlines()[0]
