@@ -350,7 +350,17 @@ def plan_experiment(
             os.path.join(label.output_dir, STORE_DIR),
         ]
         if exp.STUDENT_INIT == "teacher":
-            student_opts += ["MODEL.WEIGHTS", weights]
+            # The student starts from the whole teacher, so the experiment's backbone init
+            # (SSDET.INIT, which the teacher started from) must not be applied on top of it:
+            # check_init_config refuses both at once.
+            student_opts += [
+                "SSDET.INIT",
+                "RAND",
+                "SSDET.INIT_WEIGHTS",
+                "",
+                "MODEL.WEIGHTS",
+                weights,
+            ]
         student = Stage(
             student_name,
             "train",

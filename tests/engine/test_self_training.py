@@ -19,6 +19,7 @@ from ssdet.engine.self_training import (
     self_training_argument_parser,
 )
 from ssdet.engine.student import SimpleStudentTrainer
+from ssdet.modeling.init import check_init_config
 from ssdet.utils.errors import InputError
 
 from ..conftest import REPO
@@ -298,3 +299,23 @@ def test_plan_lays_out_the_rounds(tiny_world):
     assert plan.rounds[0][0].load_cfg().SOLVER.BASE_LR == 0.02
     assert plan.rounds[0][1].load_cfg().SOLVER.BASE_LR == 0.05
     assert plan.rounds[1][0].load_cfg().SOLVER.BASE_LR == 0.05
+
+
+def test_student_from_a_pretrained_teacher_is_not_initialized_twice(tiny_world, tmp_path):
+    """An ImageNet-Init experiment with STUDENT_INIT teacher: the teacher starts from the backbone
+    init, the student from the teacher alone (the mini ablation grid's ImageNet cells)."""
+    backbone = tmp_path / "backbone.pth"
+    torch.save({"model": {}}, backbone)
+    opts = ["OUTPUT_DIR", str(tmp_path / "x"), "SSDET.EXPERIMENT.STUDENT_INIT", "teacher"]
+    opts += ["SSDET.INIT", "IMAGENET", "SSDET.INIT_WEIGHTS", str(backbone)]
+    plan = plan_experiment(EXPERIMENT, opts, rounds=2)
+    teacher = plan.teacher.load_cfg()
+    assert (teacher.SSDET.INIT, teacher.MODEL.WEIGHTS) == ("IMAGENET", "")
+    check_init_config(teacher)
+    for k, (label, student) in enumerate(plan.rounds):
+        cfg = student.load_cfg()
+        assert cfg.MODEL.WEIGHTS == label.weights
+        assert (cfg.SSDET.INIT, cfg.SSDET.INIT_WEIGHTS) == ("RAND", "")
+        check_init_config(cfg)
+        if k:
+            assert label.weights.endswith(os.path.join("round1", "student", "model_final.pth"))
