@@ -9,12 +9,14 @@ differs:
 
 * plain: Detectron2's ``SimpleTrainer.run_step`` on the 8 images;
 * student: ``SimpleStudentTrainer.run_step`` on the same images as a ``MixedBatch`` of 4
-  human-labeled + 4 pseudo-labeled (two forwards, the moving-average loss normalization, the
-  per-part normalizers and metrics).
+  human-labeled + 4 pseudo-labeled (one forward of the 8 with each part's losses computed on its
+  rows, the moving-average loss normalization, the per-part normalizers and metrics);
+* student_two_forwards: the same with ``one_forward=False`` (each part through the model on its
+  own; the student step before ``SSDET.SELF_TRAINING.ONE_FORWARD``), for comparison.
 
-The two run alternately in one process with one torch thread by default (the machine's load hits
+They run in turn in one process with one torch thread by default (the machine's load hits
 both alike) from the same initial weights; the result is the ratio of the median step times.
-Two more measurements isolate what the student adds besides its second forward: the same two
+Two more measurements isolate what the student adds to the model's work: the plain and student
 trainers on a trivial model (the step's bookkeeping, in microseconds), and the loaders alone
 (Detectron2's ``build_detection_train_loader`` of 8 images against ``build_mixed_train_loader``
 of 4 + 4 with a pass-through mapper: the mixing without image decoding). Writes JSON (default
@@ -69,28 +71,31 @@ def synthetic_batch(cfg, seed: int = 0) -> list[dict]:
 
 
 def time_trainers(plain_model, batch: list[dict], rounds: int, warmup: int, lr: float) -> dict:
-    """Seconds per step of the plain and the student trainer from the same weights, interleaved."""
-    student_model = copy.deepcopy(plain_model)
+    """Seconds per step of the plain and the student trainers from the same weights, in turn."""
     half = len(batch) // 2
     trainers = {
         "plain": SimpleTrainer(
             plain_model,
             itertools.repeat(batch),
             torch.optim.SGD(plain_model.parameters(), lr=lr, momentum=0.9),
-        ),
-        "student": SimpleStudentTrainer(
-            student_model,
-            itertools.repeat(MixedBatch(batch[:half], batch[half:])),
-            torch.optim.SGD(student_model.parameters(), lr=lr, momentum=0.9),
-            loss_weighting=PseudoLossWeighting("moving_average"),
-        ),
+        )
     }
+    for name, one_forward in (("student", True), ("student_two_forwards", False)):
+        model = copy.deepcopy(plain_model)
+        trainers[name] = SimpleStudentTrainer(
+            model,
+            itertools.repeat(MixedBatch(batch[:half], batch[half:])),
+            torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+            loss_weighting=PseudoLossWeighting("moving_average"),
+            one_forward=one_forward,
+        )
     seconds = {name: [] for name in trainers}
     with EventStorage() as storage:
         for it in range(warmup + rounds):
             storage.iter = it
-            # Alternate which one goes first, so that neither always follows the other.
-            order = list(trainers) if it % 2 == 0 else list(reversed(trainers))
+            # Rotate which one goes first, so that none always follows another.
+            names = list(trainers)
+            order = names[it % len(names) :] + names[: it % len(names)]
             for name in order:
                 trainers[name].iter = it
                 started = time.perf_counter()
@@ -100,9 +105,11 @@ def time_trainers(plain_model, batch: list[dict], rounds: int, warmup: int, lr: 
     result = {
         name: {"median_s": statistics.median(v), "min_s": min(v)} for name, v in seconds.items()
     }
-    result["student_over_plain"] = round(
-        result["student"]["median_s"] / result["plain"]["median_s"], 4
-    )
+    for name in trainers:
+        if name != "plain":
+            result[f"{name}_over_plain"] = round(
+                result[name]["median_s"] / result["plain"]["median_s"], 4
+            )
     return result
 
 
@@ -210,7 +217,9 @@ def main() -> int:
         print(
             f"{size} px: plain {r['plain']['median_s'] * 1e3:7.1f} ms, student "
             f"{r['student']['median_s'] * 1e3:7.1f} ms per step (median of {args.rounds}): "
-            f"student / plain = {r['student_over_plain']:.3f}"
+            f"student / plain = {r['student_over_plain']:.3f} (two forwards: "
+            f"{r['student_two_forwards']['median_s'] * 1e3:.1f} ms, "
+            f"{r['student_two_forwards_over_plain']:.3f})"
         )
     print(
         f"target at {args.sizes[0]} px: <= {TARGET_STUDENT_OVER_PLAIN}\n"

@@ -112,6 +112,12 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.SELF_TRAINING.PSEUDO_LOSS_WEIGHT = 1.0
     # Momentum (0-1, per step) of the moving averages: avg = m * avg + (1 - m) * loss.
     _C.SSDET.SELF_TRAINING.LOSS_AVG_MOMENTUM = 0.99
+    # True: the human- and pseudo-labeled images of a step go through the model as one batch (as
+    # in the paper; BatchNorm sees the mixed batch) and a RetinaNet/FCOS-style detector computes
+    # each part's losses on its slice of the predictions. Used when both parts fall in one
+    # aspect-ratio group (always, with the S1-S4 policies' fixed output size); otherwise, and with
+    # False, each part gets its own forward (BatchNorm sees each part as its own batch).
+    _C.SSDET.SELF_TRAINING.ONE_FORWARD = True
 
     # ---------------------------------------------------------------------------------------------
     # Student noise (Noisy Student; ssdet/modeling/noise.py). Added to the model by

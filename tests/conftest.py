@@ -4,12 +4,16 @@ The environment is set before any test module imports ssdet, because ssdet regis
 datasets under ``$DETECTRON2_DATASETS`` at import time (as Detectron2 does).
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 _ROOT = tempfile.mkdtemp(prefix="ssdet-tests-")
+# Every session generates its own world; leaving it behind fills /tmp over many runs.
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 os.environ["DETECTRON2_DATASETS"] = os.path.join(_ROOT, "datasets")
 os.environ["SSDET_CACHE_DIR"] = os.path.join(_ROOT, "cache")
 

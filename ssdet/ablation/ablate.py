@@ -9,6 +9,7 @@ from ssdet.ablation.collect import aggregate, collect_runs
 from ssdet.ablation.grid import load_grid
 from ssdet.ablation.render import render_all
 from ssdet.ablation.runner import GridRunner, dry_run, write_grid_copy
+from ssdet.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,14 @@ def argument_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="GPUs per run (passed to each tool as --num-gpus N; default 1)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs at a time on this machine (default 1); each gets OMP_NUM_THREADS = cores / N "
+        "unless set, and its own GPUs when there are N x --num-gpus of them",
+    )
     return parser
 
 
@@ -62,8 +71,10 @@ def ablate(args: argparse.Namespace, tools_dir: str) -> int:
         The exit status: 1 if a run failed in this invocation, else 0.
 
     Raises:
-        InputError: a bad grid file, or the output folder is in use by another runner.
+        InputError: a bad grid file or --jobs, or the output folder is in use by another runner.
     """
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
     grid = load_grid(args.grid)
     if os.path.abspath(tools_dir).startswith(os.getcwd() + os.sep):
         tools_dir = os.path.relpath(tools_dir)  # readable commands from the repository root
@@ -76,7 +87,9 @@ def ablate(args: argparse.Namespace, tools_dir: str) -> int:
     if not args.collect_only:
         os.makedirs(args.output, exist_ok=True)
         write_grid_copy(args.grid, args.output)
-        runner = GridRunner(runs, args.output, args.python, tool_args)
+        runner = GridRunner(
+            runs, args.output, args.python, tool_args, jobs=args.jobs, num_gpus=args.num_gpus
+        )
         summary = runner.run()
         print(summary.format(runner.status), flush=True)
         failed = bool(summary.failed)

@@ -1,4 +1,4 @@
-"""Run a grid's runs one after the other on this machine, or print their commands.
+"""Run a grid's runs on this machine (one or ``jobs`` at a time), or print their commands.
 
 A run is finished when its ``final_metrics.json`` exists (the tools write it atomically, last), so
 the runner is restartable at any point: finished runs are skipped, an interrupted train_net run
@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import torch
 from tqdm import tqdm
 
 from ssdet.ablation.grid import Run
@@ -216,23 +217,55 @@ def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
     return [line for line in out if line][-lines:]
 
 
+@dataclass
+class _Started:
+    """A run in progress: its process, when it started, its log and its job slot."""
+
+    run: Run
+    proc: subprocess.Popen
+    started: float
+    log_path: str
+    slot: int
+
+
 class GridRunner:
-    """Runs a grid's runs sequentially, recording each one in ``<output_dir>/status.json``.
+    """Runs a grid's runs, ``jobs`` at a time, recording each one in ``<output_dir>/status.json``.
+
+    Runs start in grid order. A run that needs another run's output (a self-training run's reused
+    teacher) waits until that run has finished, and fails without starting if it then is missing.
+    With ``jobs > 1``, each run gets an equal share of the machine: ``OMP_NUM_THREADS`` = CPU
+    cores / jobs (unless set in the environment), and, when there are enough GPUs for every job,
+    its own ``CUDA_VISIBLE_DEVICES`` (``num_gpus`` per run).
 
     Args:
         runs: the runs, in the order to run them.
         output_dir: the grid's output folder.
         python: the interpreter that runs the tools.
         tool_args: arguments of every tool, e.g. ``["--num-gpus", "8"]``.
+        jobs: how many runs at a time (>= 1).
+        num_gpus: GPUs per run, to give each job its own GPUs.
     """
 
+    # Seconds between checks of the running processes.
+    POLL_S = 0.5
+
     def __init__(
-        self, runs: Sequence[Run], output_dir: str, python: str, tool_args: Sequence[str] = ()
+        self,
+        runs: Sequence[Run],
+        output_dir: str,
+        python: str,
+        tool_args: Sequence[str] = (),
+        jobs: int = 1,
+        num_gpus: int = 1,
     ):
+        if jobs < 1:
+            raise InputError(f"--jobs must be >= 1, got {jobs}")
         self.runs = list(runs)
         self.output_dir = output_dir
         self.python = python
         self.tool_args = list(tool_args)
+        self.jobs = jobs
+        self.num_gpus = num_gpus
         self.status = read_status(output_dir)
 
     def _record(self, name: str, **fields: Any) -> None:
@@ -247,38 +280,98 @@ class GridRunner:
 
         Raises:
             InputError: another runner uses the output folder.
-            Interrupted, KeyboardInterrupt: the runner was stopped; the current run is stopped
-                and recorded as interrupted, and rerunning continues it.
+            Interrupted, KeyboardInterrupt: the runner was stopped; the current runs are stopped
+                and recorded as interrupted, and rerunning continues them.
         """
         summary = Summary()
+        pending = list(self.runs)
+        running: list[_Started] = []
         with grid_lock(self.output_dir) as lock_fd, _stop_on_sigterm():
-            bar = tqdm(self.runs, desc="ablation runs", unit="run", dynamic_ncols=True)
-            for run in bar:
-                bar.set_postfix_str(run.name)
-                if is_finished(run):
-                    summary.skipped.append(run.name)
-                    if self.status.get(run.name, {}).get("state") != "done":
-                        self._record(
-                            run.name, state="done", returncode=0, error=None, log_tail=None
-                        )
-                    continue
-                ok = self._run_one(run, lock_fd, bar)
-                (summary.done if ok else summary.failed).append(run.name)
-            bar.close()
+            bar = tqdm(total=len(self.runs), desc="ablation runs", unit="run", dynamic_ncols=True)
+            try:
+                while pending or running:
+                    self._start_ready(pending, running, summary, lock_fd, bar)
+                    if not running:
+                        continue
+                    time.sleep(self.POLL_S)
+                    for job in [job for job in running if job.proc.poll() is not None]:
+                        running.remove(job)
+                        ok = self._finish(job, bar)
+                        (summary.done if ok else summary.failed).append(job.run.name)
+                        bar.update()
+                    names = ", ".join(job.run.name for job in running)
+                    if names != bar.postfix:  # a redraw per poll would flood a log file
+                        bar.set_postfix_str(names)
+            except (KeyboardInterrupt, Interrupted):
+                for job in running:
+                    _stop(job.proc)
+                    self._record(
+                        job.run.name,
+                        state="interrupted",
+                        returncode=job.proc.returncode,
+                        wall_time_s=round(time.time() - job.started, 1),
+                    )
+                raise
+            finally:
+                bar.close()
         return summary
 
-    def _run_one(self, run: Run, lock_fd: int, bar: tqdm) -> bool:
+    def _start_ready(
+        self,
+        pending: list[Run],
+        running: list[_Started],
+        summary: Summary,
+        lock_fd: int,
+        bar: tqdm,
+    ) -> None:
+        """Skip the finished runs, fail those whose inputs will not come, start the ready ones
+        while job slots are free."""
+        producers = {r.run_dir for r in pending} | {job.run.run_dir for job in running}
+        for run in list(pending):
+            if is_finished(run):
+                pending.remove(run)
+                summary.skipped.append(run.name)
+                if self.status.get(run.name, {}).get("state") != "done":
+                    self._record(run.name, state="done", returncode=0, error=None, log_tail=None)
+                bar.update()
+                continue
+            missing = [(path, what) for path, what in run.needs if not os.path.isfile(path)]
+            if any(os.path.dirname(path) in producers - {run.run_dir} for path, _ in missing):
+                continue  # an earlier run makes it: wait for that one
+            if missing:
+                pending.remove(run)
+                error = "not started: missing " + "; ".join(f"{w} ({p})" for p, w in missing)
+                self._record(run.name, state="failed", returncode=None, error=error, log_tail=None)
+                bar.write(f"FAILED {run.name}: {error}")
+                summary.failed.append(run.name)
+                bar.update()
+                continue
+            free = sorted(set(range(self.jobs)) - {job.slot for job in running})
+            if not free:
+                return
+            pending.remove(run)
+            running.append(self._start(run, lock_fd, free[0], bar))
+
+    def _environment(self, slot: int) -> dict[str, str] | None:
+        """The run's environment: a share of the CPU threads and GPUs per job (None: inherit)."""
+        if self.jobs == 1:
+            return None
+        env = dict(os.environ)
+        # Runs that each use every core slow each other down far more than they gain.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.jobs)))
+        gpus = torch.cuda.device_count()
+        if "CUDA_VISIBLE_DEVICES" not in env and gpus >= self.jobs * self.num_gpus > 0:
+            first = slot * self.num_gpus
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(
+                str(i) for i in range(first, first + self.num_gpus)
+            )
+        return env
+
+    def _start(self, run: Run, lock_fd: int, slot: int, bar: tqdm) -> _Started:
         log_path = os.path.join(run.run_dir, RUN_LOG)
-        missing = [f"{what} ({path})" for path, what in run.needs if not os.path.isfile(path)]
-        if missing:
-            error = "not started: missing " + "; ".join(missing)
-            self._record(run.name, state="failed", returncode=None, error=error, log_tail=None)
-            bar.write(f"FAILED {run.name}: {error}")
-            return False
         resume = needs_resume(run)
         cmd = run.command(self.python, resume, self.tool_args)
         os.makedirs(run.run_dir, exist_ok=True)
-        started = time.time()
         self._record(
             run.name,
             state="running",
@@ -298,28 +391,22 @@ class GridRunner:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=self._environment(slot),
                 start_new_session=True,
                 preexec_fn=functools.partial(_die_with_parent, os.getpid()),
                 pass_fds=(lock_fd,),
             )
-            try:
-                returncode = proc.wait()
-            except (KeyboardInterrupt, Interrupted):
-                _stop(proc)
-                self._record(
-                    run.name,
-                    state="interrupted",
-                    returncode=proc.returncode,
-                    wall_time_s=round(time.time() - started, 1),
-                )
-                raise
-        wall = round(time.time() - started, 1)
+        return _Started(run, proc, time.time(), log_path, slot)
+
+    def _finish(self, job: _Started, bar: tqdm) -> bool:
+        run, returncode = job.run, job.proc.returncode
+        wall = round(time.time() - job.started, 1)
         if returncode == 0 and is_finished(run):
             self._record(run.name, state="done", returncode=0, wall_time_s=wall)
             bar.write(f"done {run.name} in {wall / 60:.1f} min")
             return True
         error = None if returncode else f"exited 0 without writing {FINAL_METRICS}"
-        tail = log_tail(log_path)
+        tail = log_tail(job.log_path)
         self._record(
             run.name,
             state="failed",

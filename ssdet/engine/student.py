@@ -1,37 +1,47 @@
 """The student's training: a mixed-batch step with the paper's loss normalization.
 
-Each step forwards the human-labeled images and the pseudo-labeled images of a
-:class:`~ssdet.data.mixed.MixedBatch` separately, sums each part's loss dict into L_h and L_p, and
-minimizes ``L_h + w * L_p``. With ``SSDET.SELF_TRAINING.LOSS_NORMALIZATION "moving_average"``
-(the paper's), ``w = alpha * avg(L_h) / avg(L_p)`` with exponential moving averages of both losses
-over steps, which keeps the pseudo-label loss on the scale of the human-label loss however noisy
-the pseudo labels are; with "none", ``w = alpha``.
+Each step forwards the human-labeled and pseudo-labeled images of a
+:class:`~ssdet.data.mixed.MixedBatch`, sums each part's loss dict into L_h and L_p, and minimizes
+``L_h + w * L_p``. With ``SSDET.SELF_TRAINING.LOSS_NORMALIZATION "moving_average"`` (the paper's),
+``w = alpha * avg(L_h) / avg(L_p)`` with exponential moving averages of both losses over steps,
+which keeps the pseudo-label loss on the scale of the human-label loss however noisy the pseudo
+labels are; with "none", ``w = alpha``.
 
-Two forwards, not one of the concatenated batch: Detectron2's detectors reduce their losses over
-the whole batch (RetinaNet divides by the batch's foreground anchor count), so only separate
-forwards give each part's loss exactly. Consequences, by design:
+Detectron2's detectors reduce their losses over the whole batch (RetinaNet divides by the batch's
+foreground anchor count), so the model cannot simply be given the concatenated batch. Two ways:
 
-* RetinaNet/FCOS divide by a moving average of the foreground count (``loss_normalizer``, a plain
-  attribute of Detectron2's ``DenseDetector``). The step keeps one such average per part and swaps
-  it in around the part's forward, so each part is normalized by its own foreground count
-  (pseudo-labeled ImageNet images have far fewer boxes than COCO's); they are checkpointed with
-  the trainer (Detectron2 itself restarts its average on resume).
-* BatchNorm layers in training mode see each part as its own batch. FrozenBN and GroupNorm (the
-  ImageNet-init backbones, the FPN and head of the mini configs) are unaffected.
-* Under DDP, the two forwards feed one backward, so every parameter receives one gradient and is
-  reduced once (``find_unused_parameters`` stays False, as Detectron2 sets it).
+* One forward (``SSDET.SELF_TRAINING.ONE_FORWARD``, the default, for a ``DenseDetector`` such as
+  RetinaNet/FCOS when both parts share an aspect-ratio group): the concatenated batch goes
+  through backbone and head once, as in the paper, and for the duration of that forward the
+  detector's ``forward_training`` (its loss computation on the dense predictions) is replaced on
+  the instance by one that calls the class's own ``forward_training`` once per part, on that
+  part's rows. Nothing of Detectron2's is copied, and a second forward of the whole network,
+  which cost ~10% of a step for the small mini model, is saved. BatchNorm sees the mixed batch.
+* Two forwards (otherwise, or any other meta-architecture): each part through the model on its
+  own; BatchNorm layers in training mode see each part as its own batch.
+
+Either way each part's losses are exactly what the detector computes on that part alone (up to
+padding to a common size): RetinaNet/FCOS divide by a moving average of the foreground count
+(``loss_normalizer``, a plain attribute of Detectron2's ``DenseDetector``); the step keeps one such
+average per part and swaps it in around the part's loss, so each part is normalized by its own
+foreground count (pseudo-labeled ImageNet images have far fewer boxes than COCO's). They are
+checkpointed with the trainer (Detectron2 itself restarts its average on resume). FrozenBN and
+GroupNorm (the ImageNet-init backbones, the FPN and head of the mini configs) do not depend on the
+batch. Under DDP the forward(s) feed one backward, so every parameter receives one gradient and is
+reduced once (``find_unused_parameters`` stays False, as Detectron2 sets it).
 """
 
 import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import ImageList
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch.nn.parallel import DataParallel, DistributedDataParallel
@@ -199,6 +209,16 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _aspect_group(image: dict) -> int:
+    # Detectron2's AspectRatioGroupedDataset: 0 = landscape (w > h), 1 = portrait or square.
+    height, width = image["image"].shape[-2:]
+    return 0 if width > height else 1
+
+
+def _one_aspect_group(images: list[dict]) -> bool:
+    return len({_aspect_group(image) for image in images}) == 1
+
+
 class SimpleStudentTrainer(SimpleTrainer):
     """Detectron2's :class:`SimpleTrainer` with the student's step (see the module docstring).
 
@@ -214,6 +234,8 @@ class SimpleStudentTrainer(SimpleTrainer):
     Args:
         model, data_loader, optimizer: as for :class:`SimpleTrainer`.
         loss_weighting: how L_h and L_p combine; default ``PseudoLossWeighting()``.
+        one_forward: forward both parts as one batch when the model is a ``DenseDetector`` and
+            the parts share an aspect-ratio group (see the module docstring).
         kwargs: the other arguments of :class:`SimpleTrainer` (or :class:`AMPTrainer`).
     """
 
@@ -223,10 +245,12 @@ class SimpleStudentTrainer(SimpleTrainer):
         data_loader,
         optimizer: torch.optim.Optimizer,
         loss_weighting: PseudoLossWeighting | None = None,
+        one_forward: bool = True,
         **kwargs,
     ):
         super().__init__(model, data_loader, optimizer, **kwargs)
         self.loss_weighting = loss_weighting or PseudoLossWeighting()
+        self.one_forward = one_forward
         detector = _unwrap(model)
         self._dense_detector = detector if isinstance(detector, DenseDetector) else None
         # Each part's foreground-count average of a DenseDetector; None = not started.
@@ -244,11 +268,8 @@ class SimpleStudentTrainer(SimpleTrainer):
 
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
-        loss_dicts: dict[str, dict[str, torch.Tensor]] = {}
         with self._autocast():
-            for part, images in ((HUMAN, batch.human), (PSEUDO, batch.pseudo)):
-                if images:
-                    loss_dicts[part] = self._part_losses(part, images)
+            loss_dicts = self._detection_losses(batch)
             # Through the (DDP-wrapped) model, so that the joint head's gradients are reduced.
             joint_losses = self.model(classification) if classification is not None else {}
         loss = self.loss_weighting(loss_dicts.get(HUMAN, {}), loss_dicts.get(PSEUDO, {}))
@@ -261,19 +282,76 @@ class SimpleStudentTrainer(SimpleTrainer):
         self._check_and_write_metrics(loss_dicts, loss, data_time, joint_losses)
         self._optimizer_step()
 
-    def _part_losses(self, part: str, images: list[dict]) -> dict[str, torch.Tensor]:
+    def _detection_losses(self, batch: MixedBatch) -> dict[str, dict[str, torch.Tensor]]:
+        """Each part's loss dict (a part without images is left out)."""
+        pairs = ((HUMAN, batch.human), (PSEUDO, batch.pseudo))
+        parts = {part: images for part, images in pairs if images}
+        if (
+            self.one_forward
+            and self._dense_detector is not None
+            and len(parts) == 2
+            and _one_aspect_group(batch.human + batch.pseudo)
+        ):
+            with self._losses_per_part(len(batch.human)):
+                losses = self.model(batch.human + batch.pseudo)
+            return {
+                part: {
+                    name.split("/", 1)[1]: value
+                    for name, value in losses.items()
+                    if name.startswith(f"{part}/")
+                }
+                for part in parts
+            }
+        loss_dicts = {}
+        for part, images in parts.items():
+            with self._part_normalizer(part):
+                loss_dicts[part] = self.model(images)
+        return loss_dicts
+
+    @contextlib.contextmanager
+    def _losses_per_part(self, num_human: int) -> Iterator[None]:
+        """Within: the DenseDetector's training forward returns "human/..." and "pseudo/..."
+        losses, computed by its class's ``forward_training`` on the first ``num_human`` rows and
+        on the rest of the batch."""
+        detector = self._dense_detector
+        forward_training = type(detector).forward_training
+
+        def per_part(images, features, predictions, gt_instances):
+            losses = {}
+            for part, rows in ((HUMAN, slice(0, num_human)), (PSEUDO, slice(num_human, None))):
+                part_images = ImageList(images.tensor[rows], images.image_sizes[rows])
+                part_features = [f[rows] for f in features]
+                # predictions: per output kind (logits, deltas, ...), a list over levels of (N, ...)
+                part_predictions = [[level[rows] for level in kind] for kind in predictions]
+                with self._part_normalizer(part):
+                    part_losses = forward_training(
+                        detector, part_images, part_features, part_predictions, gt_instances[rows]
+                    )
+                losses.update({f"{part}/{name}": value for name, value in part_losses.items()})
+            return losses
+
+        # An instance attribute shadows the class's method for this forward only.
+        detector.forward_training = per_part
+        try:
+            yield
+        finally:
+            del detector.forward_training
+
+    @contextlib.contextmanager
+    def _part_normalizer(self, part: str) -> Iterator[None]:
+        """Within: a DenseDetector's foreground-count average is the part's own."""
         detector = self._dense_detector
         if detector is None:
-            return self.model(images)
+            yield
+            return
         # DenseDetector._ema_update starts from its initial value when the attribute is absent.
         normalizer = self._loss_normalizers[part]
         if normalizer is not None:
             detector.loss_normalizer = normalizer
         elif hasattr(detector, "loss_normalizer"):
             del detector.loss_normalizer
-        loss_dict = self.model(images)
+        yield
         self._loss_normalizers[part] = getattr(detector, "loss_normalizer", None)
-        return loss_dict
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -410,6 +488,7 @@ class StudentTrainer(Trainer):
             self._trainer.data_loader,
             self._trainer.optimizer,
             loss_weighting=loss_weighting,
+            one_forward=cfg.SSDET.SELF_TRAINING.ONE_FORWARD,
         )
 
     @classmethod

@@ -29,8 +29,10 @@ import json, os, sys, time
 tool, args = os.path.basename(sys.argv[1]), sys.argv[2:]
 k = args.index("OUTPUT_DIR")
 out, opts = args[k + 1], dict(zip(args[k + 2::2], args[k + 3::2]))
+started = time.time()
 with open(os.environ["FAKE_TOOL_LOG"], "a") as f:
-    f.write(json.dumps({{"tool": tool, "run": os.path.basename(out), "args": args}}) + "\\n")
+    f.write(json.dumps({{"tool": tool, "run": os.path.basename(out), "args": args,
+                        "start": started, "omp": os.environ.get("OMP_NUM_THREADS")}}) + "\\n")
 os.makedirs(out, exist_ok=True)
 print("training", out, flush=True)
 unknown = [key for key in opts if not key.isupper() or key.startswith("FAKE.")]
@@ -44,6 +46,11 @@ if first and os.path.basename(out) == os.environ.get("FAKE_TOOL_HANG"):
     with open(os.path.join(out, "pid"), "w") as f:
         f.write(str(os.getpid()))
     time.sleep(300)
+time.sleep(float(os.environ.get("FAKE_TOOL_SECONDS", "0")))
+if os.environ.get("FAKE_TOOL_MODEL"):
+    open(os.path.join(out, "model_final.pth"), "w").close()
+with open(os.path.join(out, "end"), "w") as f:
+    f.write(str(time.time()))
 seed = int(opts["SEED"])
 ap = 10.0 + seed + (5.0 if opts["SSDET.INIT"] == "IMAGENET" else 0.0)
 box = {{"AP": ap, "AP50": 2 * ap, "AP75": ap, "APs": 1.0, "APm": 2.0, "APl": None}}
@@ -184,6 +191,42 @@ def test_reused_teacher_runs_first(make_grid, fake_python, tmp_path):
     open(os.path.join(out, "rand_S1_f1.0_supervised_s0", "model_final.pth"), "w").close()
     summary = GridRunner(load_grid(grid).runs(out, "tools"), out, fake_python).run()
     assert summary.done == ["rand_S1_f1.0_self_training_s0"]
+
+
+def test_jobs_run_side_by_side_and_a_student_waits_for_its_teacher(
+    make_grid, fake_python, tmp_path, monkeypatch
+):
+    grid = make_grid(
+        axes={
+            "init": ["rand"],
+            "augmentation": ["S1", "S4"],
+            "method": ["self_training", "supervised"],
+        },
+        reuse_teacher=True,
+    )
+    monkeypatch.setenv("FAKE_TOOL_SECONDS", "1")
+    monkeypatch.setenv("FAKE_TOOL_MODEL", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    out = str(tmp_path / "out")
+    runs = load_grid(grid).runs(out, "tools")
+    summary = GridRunner(runs, out, fake_python, jobs=2).run()
+    assert sorted(summary.done) == sorted(r.name for r in runs) and len(runs) == 4
+    calls = {c["run"]: c for c in invocations(tmp_path)}
+    spans = {
+        name: (c["start"], float(open(os.path.join(out, name, "end")).read()))
+        for name, c in calls.items()
+    }
+    # Never more than 2 at a time, and 2 at a time at some point.
+    most = max(sum(s <= t < e for s, e in spans.values()) for t, _ in spans.values())
+    assert most == 2
+    for aug in ("S1", "S4"):
+        student, teacher = (
+            spans[f"rand_{aug}_f1.0_self_training_s0"],
+            spans[f"rand_{aug}_f1.0_supervised_s0"],
+        )
+        assert student[0] >= teacher[1]
+    assert {c["omp"] for c in calls.values()} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert {s["state"] for s in read_status(out).values()} == {"done"}
 
 
 def test_one_runner_per_output_folder(small_grid, fake_python, tmp_path):

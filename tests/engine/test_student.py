@@ -284,6 +284,74 @@ def test_retinanet_parts_keep_their_own_loss_normalizer():
     assert 100 > normalizers["human"] > normalizers["pseudo"]
 
 
+def _frozen_bn_retinanet(cfg):
+    # FrozenBN: batch statistics would differ between one batch of 4 and two of 2 by design.
+    from detectron2.layers import FrozenBatchNorm2d
+
+    return FrozenBatchNorm2d.convert_frozen_batchnorm(build_model(cfg))
+
+
+def _count_backbone_calls(model) -> list[int]:
+    calls = [0]
+    model.backbone.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_one_forward_gives_each_part_the_losses_of_its_own_forward():
+    cfg = student_cfg()
+    torch.manual_seed(0)
+    human, pseudo = retinanet_batch(2, 6), retinanet_batch(2, 1)
+    for image in human + pseudo:
+        image["image"] = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    batch = MixedBatch(human, pseudo)
+    one = _frozen_bn_retinanet(cfg)
+    two = _frozen_bn_retinanet(cfg)
+    two.load_state_dict(one.state_dict())
+    results = {}
+    for name, model, one_forward in (("one", one, True), ("two", two, False)):
+        calls = _count_backbone_calls(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        trainer = SimpleStudentTrainer(
+            model, itertools.repeat(batch), optimizer, one_forward=one_forward
+        )
+        with EventStorage() as storage:
+            run(trainer, 2, storage)  # the 2nd step uses the 1st step's averages and normalizers
+        logged = {k: v for k, (v, _) in storage.latest().items() if "time" not in k}
+        results[name] = (calls[0], logged, trainer.state_dict()["loss_normalizers"])
+        # The instance is left as it was: its class's forward_training again.
+        assert "forward_training" not in vars(model)
+    assert results["one"][0] == 2 and results["two"][0] == 4  # backbone passes in 2 steps
+    assert set(results["one"][1]) == set(results["two"][1])
+    assert {"human/loss_cls", "pseudo/loss_box_reg"} <= set(results["one"][1])
+    for key, value in results["two"][1].items():
+        assert results["one"][1][key] == pytest.approx(value, rel=1e-4), key
+    assert results["one"][2] == pytest.approx(results["two"][2])
+    for a, b in zip(one.parameters(), two.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_parts_of_different_aspect_groups_get_their_own_forwards():
+    cfg = student_cfg()
+    model = build_model(cfg)
+    calls = _count_backbone_calls(model)
+    portrait = retinanet_batch(2, 1)
+    for image in portrait:
+        image["image"] = torch.zeros(3, 96, 64, dtype=torch.uint8)
+        image["instances"] = Instances((96, 64), **image["instances"].get_fields())
+    landscape = retinanet_batch(2, 1)
+    for image in landscape:
+        image["image"] = torch.zeros(3, 64, 96, dtype=torch.uint8)
+        image["instances"] = Instances((64, 96), **image["instances"].get_fields())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer = SimpleStudentTrainer(
+        model, itertools.repeat(MixedBatch(portrait, landscape)), optimizer
+    )
+    with EventStorage() as storage:
+        run(trainer, 1, storage)
+        assert {"human/loss_cls", "pseudo/loss_cls"} <= set(storage.latest())
+    assert calls[0] == 2
+
+
 # -------------------------------------------------------------------------------------------------
 # StudentTrainer end to end on the tiny world
 # -------------------------------------------------------------------------------------------------
