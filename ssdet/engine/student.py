@@ -286,14 +286,15 @@ class SimpleStudentTrainer(SimpleTrainer):
         """Each part's loss dict (a part without images is left out)."""
         pairs = ((HUMAN, batch.human), (PSEUDO, batch.pseudo))
         parts = {part: images for part, images in pairs if images}
+        both = batch.human + batch.pseudo
         if (
             self.one_forward
             and self._dense_detector is not None
             and len(parts) == 2
-            and _one_aspect_group(batch.human + batch.pseudo)
+            and _one_aspect_group(both)
         ):
             with self._losses_per_part(len(batch.human)):
-                losses = self.model(batch.human + batch.pseudo)
+                losses = self.model(both)
             return {
                 part: {
                     name.split("/", 1)[1]: value
