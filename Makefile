@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 # The stamp file records that the environment matches requirements.txt and setup.py.
 STAMP := $(VENV)/.ssdet-installed
 MINI_CONFIG ?= configs/mini/retinanet_R18_FPN_S1_self_train.yaml
+# Processes per stage of `make mini`: the GPUs, or 2 on a machine without one.
+MINI_PROCS ?= $$($(PY) -c 'import torch; print(torch.cuda.device_count() or 2)')
 DETECTRON2_DATASETS ?= datasets
 export DETECTRON2_DATASETS
 
@@ -31,9 +33,12 @@ $(STAMP): requirements.txt setup.py
 # The main job: generate the mini world if absent, then the whole self-training experiment:
 # train the supervised teacher, pseudo-label mini-ImageNet, train the student, evaluate both and
 # print teacher vs student AP. A rerun skips finished stages and resumes an interrupted one.
+# Every stage runs as MINI_PROCS processes under Detectron2's launch: one per GPU, or on a CPU
+# machine 2 one-thread processes (gloo), which train the mini model ~3x faster than one process
+# with both threads (README, "The mini regime").
 mini: setup
 	$(PY) datasets/prepare_mini_world.py
-	$(PY) tools/self_train.py --config $(MINI_CONFIG)
+	$(PY) tools/self_train.py --config $(MINI_CONFIG) --num-gpus $(MINI_PROCS)
 
 test: setup
 	$(PY) -m pytest -q tests

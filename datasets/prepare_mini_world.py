@@ -3,13 +3,14 @@
 
 A no-op when the world is already there with the same seed and options; see datasets/README.md.
 
-    python datasets/prepare_mini_world.py [--root DIR] [--seed 0] [--tiny] [--force]
+    python datasets/prepare_mini_world.py [--root DIR] [--seed 0] [--imagenet-domain coco|shifted]
+        [--tiny] [--force]
 """
 
 import argparse
 
 from ssdet.data.datasets import datasets_root
-from ssdet.data.mini_world import generate_mini_world
+from ssdet.data.mini_world import IMAGENET_DOMAINS, generate_mini_world
 
 
 def parse_args() -> argparse.Namespace:
@@ -27,6 +28,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--imagenet-val-per-class", type=int, help="mini-ImageNet validation images per class"
+    )
+    parser.add_argument(
+        "--imagenet-domain",
+        choices=sorted(IMAGENET_DOMAINS),
+        default="coco",
+        help="mini-ImageNet's relation to mini-COCO: 'coco' (default; mini-COCO's visual world, "
+        "as ImageNet relates to COCO) or 'shifted' (a far style, for stress tests)",
     )
     parser.add_argument(
         "--tiny", action="store_true", help="the very small world the unit tests use"
@@ -51,6 +59,7 @@ def main() -> None:
         num_val=args.num_val,
         imagenet_train_per_class=args.imagenet_train_per_class,
         imagenet_val_per_class=args.imagenet_val_per_class,
+        imagenet_options={"domain": args.imagenet_domain},
         num_workers=args.num_workers,
         force=args.force,
     )

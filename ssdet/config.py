@@ -154,6 +154,10 @@ def add_ssdet_config(cfg: CN) -> None:
     # Initialization of each student: "config" = as this config says (MODEL.WEIGHTS, SSDET.INIT;
     # the paper's), "teacher" = its teacher's final weights (fine-tuning the teacher).
     _C.SSDET.EXPERIMENT.STUDENT_INIT = "config"
+    # The students' equal-compute control, a supervised run of as many steps as a student: "auto"
+    # = the teacher when it trained the student's steps, else a "control" stage (STUDENT_INIT
+    # config), or a "roundK/continuation" stage per round (STUDENT_INIT teacher); "none" = none.
+    _C.SSDET.EXPERIMENT.CONTROL = "auto"
 
     # ---------------------------------------------------------------------------------------------
     # Backbone initialization (ssdet/modeling/init.py, tools/convert_pretrained.py). Owned by init.

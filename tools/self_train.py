@@ -6,9 +6,11 @@ python tools/self_train.py --config EXPERIMENT --rounds 2     # Noisy Student: 2
 python tools/self_train.py --config EXPERIMENT --num-gpus 8   # Detectron2's launch, every stage
 python tools/self_train.py --config EXPERIMENT SEED 3 SSDET.DATA.LABELED_FRACTION 0.2
 
-KEY VALUE options apply to every stage. Rerunning the same command skips finished stages and
-continues an interrupted one. Results: OUTPUT_DIR/final_metrics.json; the last student's
-weights: OUTPUT_DIR/model_final.pth. See ssdet/engine/self_training.py.
+KEY VALUE options apply to every stage. The students are reported beside an equal-compute
+control, a supervised run of as many steps (SSDET.EXPERIMENT.CONTROL; the teacher when it trained
+that many). Rerunning the same command skips finished stages and continues an interrupted one.
+Results: OUTPUT_DIR/final_metrics.json; the last student's weights: OUTPUT_DIR/model_final.pth.
+See ssdet/engine/self_training.py.
 """
 
 import sys

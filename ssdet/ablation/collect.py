@@ -1,5 +1,7 @@
 """Collect a grid's results: each run's final COCO metrics, then mean and std over seeds per table
-cell (init, augmentation, fraction, method) and deltas against Rand Init supervised.
+cell (init, augmentation, fraction, method) and deltas against Rand Init supervised, against the
+supervised cell of the same init and, for self-training cells, against their equal-compute
+control.
 
 Collection needs only the folder layout ``<output>/<run name>/final_metrics.json``, so runs
 executed anywhere (e.g. from ``--dry-run`` commands on a cluster) are collected once their folders
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ssdet.ablation.grid import Run
+from ssdet.ablation.grid import METHODS, Run
 from ssdet.ablation.runner import FINAL_METRICS, read_status
 from ssdet.engine.defaults import COCO_METRICS
 
@@ -36,7 +38,8 @@ class RunResult:
         metrics: COCO box metrics (AP, AP50, ...; NaN where COCO reports none) when done.
         returncode: the failed run's return code, if recorded.
         message: why the run failed or is unreadable: the runner's error or the log's last line.
-        wall_time_s: the finished run's wall time as its tool recorded it (NaN if not recorded).
+        wall_time_s: the finished run's wall time as its tool recorded it (NaN if not recorded,
+            and for a run taking another run's results: it cost nothing).
     """
 
     run: Run
@@ -57,12 +60,20 @@ class CellStats:
             std is the sample standard deviation (ddof=1).
         delta: per metric, mean minus that of Rand Init supervised at the same augmentation and
             fraction (NaN when either is missing).
+        delta_supervised: per metric, mean minus that of the supervised cell of the same init,
+            augmentation and fraction (NaN when either is missing).
+        delta_control: for a cell of a method the grid has an equal-compute control of (the
+            self-training cells of a grid with ``control``), per metric, mean minus that of the
+            control cell of the same init, augmentation and fraction (NaN when either is
+            missing); None for every other cell.
     """
 
     seeds: list[int]
     mean: dict[str, float]
     std: dict[str, float]
     delta: dict[str, float]
+    delta_supervised: dict[str, float] = field(default_factory=dict)
+    delta_control: dict[str, float] | None = None
 
     @property
     def n(self) -> int:
@@ -82,15 +93,17 @@ def read_run(run: Run, status: dict, eval_dataset: str = "") -> RunResult:
         status: the runner's ``status.json`` records ({} when the runs ran elsewhere).
         eval_dataset: the results entry to read; "" = the first one.
     """
-    path = os.path.join(run.run_dir, FINAL_METRICS)
+    path = os.path.join(run.results_dir, FINAL_METRICS)
     if not os.path.isfile(path):
-        rec = status.get(run.name, {})
+        rec = status.get(run.results_from or run.name, {})
         state = rec.get("state", "missing")
         state = "missing" if state == "done" else state  # done before, then deleted
         tail = rec.get("log_tail") or [""]
-        return RunResult(
-            run, state, returncode=rec.get("returncode"), message=rec.get("error") or tail[-1]
-        )
+        message = rec.get("error") or tail[-1]
+        if run.results_from:
+            note = f"takes the results of {run.results_from}"
+            message = f"{note}: {message}" if message else note
+        return RunResult(run, state, returncode=rec.get("returncode"), message=message)
     try:
         with open(path) as f:
             record = json.load(f)
@@ -109,7 +122,7 @@ def read_run(run: Run, status: dict, eval_dataset: str = "") -> RunResult:
             run.name,
             run.seed,
         )
-    wall = record.get("wall_time_s")
+    wall = None if run.results_from else record.get("wall_time_s")
     wall_time_s = float(wall) if isinstance(wall, (int, float)) else math.nan
     return RunResult(run, "done", metrics=metrics, wall_time_s=wall_time_s)
 
@@ -121,7 +134,8 @@ def collect_runs(runs: Sequence[Run], output_dir: str, eval_dataset: str = "") -
 
 
 def aggregate(results: Sequence[RunResult]) -> dict[Cell, CellStats]:
-    """Mean and std over seeds of every cell of the grid, and deltas against Rand Init supervised.
+    """Mean and std over seeds of every cell of the grid, and deltas against Rand Init supervised,
+    the same init's supervised cell and (self-training cells) the equal-compute control.
 
     Args:
         results: the outcomes of a grid's runs (every cell of the grid appears, even without
@@ -143,8 +157,16 @@ def aggregate(results: Sequence[RunResult]) -> dict[Cell, CellStats]:
             mean[k] = float(values.mean()) if len(values) else math.nan
             std[k] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         stats[cell] = CellStats(sorted(r.run.seed for r in done), mean, std, {})
-    for (_, aug, fraction, _), s in stats.items():
-        base = stats.get(("rand", aug, fraction, "supervised"))
-        for k in COCO_METRICS:
-            s.delta[k] = s.mean[k] - base.mean[k] if base else math.nan
+    control_of = {spec.control_of: name for name, spec in METHODS.items() if spec.control_of}
+    for (init, aug, fraction, method), s in stats.items():
+        s.delta = _minus(s, stats.get(("rand", aug, fraction, "supervised")))
+        s.delta_supervised = _minus(s, stats.get((init, aug, fraction, "supervised")))
+        control = (init, aug, fraction, control_of.get(method))
+        if control in stats:
+            s.delta_control = _minus(s, stats[control])
     return stats
+
+
+def _minus(s: CellStats, reference: CellStats | None) -> dict[str, float]:
+    """Per metric, the cell's mean minus the reference cell's (NaN without a reference)."""
+    return {k: s.mean[k] - reference.mean[k] if reference else math.nan for k in COCO_METRICS}

@@ -7,7 +7,7 @@ A grid file (see ``configs/ablations/``)::
       init: [rand, imagenet]            # rand / imagenet / simclr
       augmentation: [S1, S4]            # SSDET.AUGMENT.POLICY
       fraction: [1.0]                   # SSDET.DATA.LABELED_FRACTION (default [1.0])
-      method: [supervised, self_training]   # / joint / all_three
+      method: [supervised, self_training]   # / joint / all_three / control
       seed: [0, 1]                      # SEED (default [0])
     inits:                              # weights file of each pre-trained init
       imagenet: output/pretrain/mini_supervised/backbone_final.pth
@@ -20,10 +20,38 @@ A grid file (see ``configs/ablations/``)::
     subset_seed: 0                      # labeled subset seed: an integer, or "seed" (the run's)
     reuse_teacher: false                # true: a self_training run's teacher is its cell's
                                         # supervised run (SSDET.EXPERIMENT.TEACHER_WEIGHTS)
+    control_reuses_supervised: true     # a control that is the same computation as its cell's
+                                        # supervised run takes that run's results (see below)
     pseudo_augment_policy: same         # policy of the pseudo-labeled images: "same" or S1..S4
     exclude:                            # runs matching every key of an entry are dropped
       - {init: simclr, fraction: 0.1}
     eval_dataset: ""                    # results entry to tabulate; "" = the first one
+
+The ``control`` method is the equal-compute control of the ``self_training`` runs: one
+``tools/train_net.py`` run per self-training run (same init, policy, fraction and seed), which
+trains as many steps as that run's student on human-labeled data only. It has no ``methods``
+entry (its config is the supervised method's, its schedule the student's) and needs
+``supervised`` and ``self_training`` on the method axis. The student's schedule is read from the
+self-training run's config (its experiment config with all of the run's opts: the method's, the
+grid's ``opts`` and ``value_opts``). By the student's ``SSDET.EXPERIMENT.STUDENT_INIT``:
+
+- ``config`` (the paper's: the student starts from its own init): the supervised run of the cell
+  with ``SOLVER.MAX_ITER`` set to the student's. The supervised config keeps its own optimizer
+  settings (learning rate, warmup, ``SOLVER.STEPS``: a multi-step schedule is not stretched), so
+  the control differs from the supervised run in its step count only. When the step counts are
+  equal the control is the supervised run itself: with ``control_reuses_supervised`` (the
+  default) it is not run and takes that run's results (the run's ``results_from``).
+- ``teacher`` (the student fine-tunes its teacher): the "continuation", the teacher trained on:
+  the supervised config from the teacher's final weights (``MODEL.WEIGHTS``; ``SSDET.INIT RAND``
+  and no ``INIT_WEIGHTS``, as the student's stage does) with the student's ``SOLVER`` (every key
+  the student's differs in: ``MAX_ITER``, ``BASE_LR``, ``WARMUP_ITERS``, ``IMS_PER_BATCH``, ...).
+  Its teacher is the self-training run's: the reused supervised run (``reuse_teacher``), else the
+  experiment's own ``TEACHER_WEIGHTS``, else the teacher stage inside the self-training run's
+  folder (then the experiment's teacher must be the supervised config, without
+  ``TEACHER_OPTS``); the control waits for it. One round only (``SSDET.EXPERIMENT.ROUNDS`` 1):
+  a later round's student continues a self-trained student, which no control reproduces.
+
+``value_opts: {method: {control: [...]}}`` are applied to the control last.
 """
 
 import itertools
@@ -34,10 +62,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode
 
-from ssdet.config import add_ssdet_config
 from ssdet.data.augment import POLICY_NAMES
+from ssdet.engine.defaults import load_cfg
+from ssdet.engine.self_training import TEACHER
 from ssdet.utils.errors import InputError
 
 AXES = ("init", "augmentation", "fraction", "method", "seed")
@@ -59,6 +88,10 @@ class Method:
             and seed is this method's teacher (None: the method trains its own teacher).
         seed_keys: config keys set to the run's seed besides SEED: the method's own samplers,
             whose seeds are fixed by default, so that seeds vary its data order too.
+        control_of: the method whose runs this method is the equal-compute control of (None:
+            not a control). A control has no base config of its own: each of its runs is built
+            from the runs of that method and of its teacher method in the same cell and seed
+            (see the module docstring).
     """
 
     tool: str
@@ -68,16 +101,19 @@ class Method:
     needs_pretrained_init: bool = False
     teacher_method: str | None = None
     seed_keys: tuple[str, ...] = ()
+    control_of: str | None = None
 
 
 _STUDENT_SEED = "SSDET.SELF_TRAINING.SAMPLER_SEED"
 _JOINT_SEED = "SSDET.JOINT.SAMPLER_SEED"
 _JOINT = ("SSDET.JOINT.ENABLED", "True")
 
-# The paper's four methods. "all_three" is pre-training + joint training + self-training, so a
-# Rand Init run of it is not one of the paper's settings and is left out of every grid; its
-# teacher is trained by the experiment itself (with the joint head, as its options apply to every
-# stage), never borrowed from the supervised runs.
+# The paper's four methods, and the equal-compute control of self-training (an effect of
+# self-training counts against the supervised model trained as many steps as the student).
+# "all_three" is pre-training + joint training + self-training, so a Rand Init run of it is not
+# one of the paper's settings and is left out of every grid; its teacher is trained by the
+# experiment itself (with the joint head, as its options apply to every stage), never borrowed
+# from the supervised runs.
 METHODS = {
     "supervised": Method("train_net.py", resumable_by_flag=True),
     "self_training": Method(
@@ -94,6 +130,7 @@ METHODS = {
         needs_pretrained_init=True,
         seed_keys=(_STUDENT_SEED, _JOINT_SEED),
     ),
+    "control": Method("train_net.py", resumable_by_flag=True, control_of="self_training"),
 }
 
 # Grid init name -> SSDET.INIT value. Rand Init has no weights file.
@@ -106,6 +143,7 @@ METHOD_LABELS = {
     "self_training": "self-training",
     "joint": "joint training",
     "all_three": "all three",
+    "control": "equal-compute control",
 }
 
 _GRID_KEYS = {
@@ -117,6 +155,7 @@ _GRID_KEYS = {
     "value_opts",
     "subset_seed",
     "reuse_teacher",
+    "control_reuses_supervised",
     "pseudo_augment_policy",
     "exclude",
     "eval_dataset",
@@ -139,6 +178,8 @@ class Run:
         weights: the init's weights file, "" for Rand Init.
         needs: (file, what it is) that must exist before the run starts: the init's weights, the
             reused teacher's checkpoint.
+        results_from: the name of the run whose results this run takes, "" for none: a control
+            that is the same computation as that run. Such a run is never started.
     """
 
     name: str
@@ -154,6 +195,14 @@ class Run:
     resumable_by_flag: bool
     weights: str = ""
     needs: tuple[tuple[str, str], ...] = ()
+    results_from: str = ""
+
+    @property
+    def results_dir(self) -> str:
+        """The folder of the run's ``final_metrics.json``: its own, or that of ``results_from``."""
+        if not self.results_from:
+            return self.run_dir
+        return os.path.join(os.path.dirname(self.run_dir), self.results_from)
 
     @property
     def cell(self) -> tuple[str, str, float, str]:
@@ -199,6 +248,8 @@ class Grid:
         pseudo_augment_policy: policy of the pseudo-labeled images, or None for the run's.
         reuse_teacher: self_training runs load the supervised run of their cell and seed as their
             teacher (SSDET.EXPERIMENT.TEACHER_WEIGHTS) instead of training the same model again.
+        control_reuses_supervised: a control run that is the same computation as the supervised
+            run of its cell and seed takes that run's results instead of running again.
         exclude: the exclusion entries, axis -> accepted values.
         eval_dataset: the results entry to tabulate ("" = the first one).
     """
@@ -213,6 +264,7 @@ class Grid:
     subset_seed: int | None = 0
     pseudo_augment_policy: str | None = None
     reuse_teacher: bool = False
+    control_reuses_supervised: bool = True
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)
     eval_dataset: str = ""
 
@@ -220,8 +272,9 @@ class Grid:
         """Expand the grid into its runs: the cartesian product of the axes less exclusions.
 
         Runs are ordered seed-major (every cell of seed 0, then of seed 1, ...), so that a grid
-        stopped part-way has filled as many table cells as possible; with ``reuse_teacher`` the
-        supervised runs come first within a seed and fraction, before the students they teach.
+        stopped part-way has filled as many table cells as possible; within a seed and fraction,
+        the runs whose output a method's runs need come first: the supervised runs before the
+        students they teach (``reuse_teacher``), the self-training runs before their controls.
 
         Args:
             output_dir: the grid's output folder; run ``NAME`` writes to ``output_dir/NAME``.
@@ -229,15 +282,16 @@ class Grid:
 
         Returns:
             The runs, with unique names.
+
+        Raises:
+            InputError: a control whose self-training run's config does not load, has an unknown
+                STUDENT_INIT, or whose student continues its teacher for more than one round or
+                a teacher that the supervised config does not train.
         """
-        methods = list(self.axes["method"])
-        if self.reuse_teacher:
-            teachers = [m for m in methods if m in {METHODS[n].teacher_method for n in methods}]
-            methods = teachers + [m for m in methods if m not in teachers]
         runs = []
         a = self.axes
         for seed, fraction, method, init, aug in itertools.product(
-            a["seed"], a["fraction"], methods, a["init"], a["augmentation"]
+            a["seed"], a["fraction"], self._method_order(), a["init"], a["augmentation"]
         ):
             values = {
                 "init": init,
@@ -246,14 +300,45 @@ class Grid:
                 "method": method,
                 "seed": seed,
             }
-            if METHODS[method].needs_pretrained_init and init == "rand":
-                continue
-            if any(_matches(entry, values) for entry in self.exclude):
-                continue
-            runs.append(self._run(output_dir, tools_dir, values))
+            if self._included(values):
+                runs.append(self._run(output_dir, tools_dir, values))
         return runs
 
+    def _method_order(self) -> list[str]:
+        """The method axis in run order: each method after those whose runs its runs need."""
+
+        def needed(method: str) -> list[str]:
+            spec = METHODS[method]
+            if spec.control_of:
+                return [METHODS[spec.control_of].teacher_method, spec.control_of]
+            return [spec.teacher_method] if spec.teacher_method and self.reuse_teacher else []
+
+        order: list[str] = []
+
+        def place(method: str) -> None:
+            if method in order or method not in self.axes["method"]:
+                return
+            for other in needed(method):
+                place(other)
+            order.append(method)
+
+        for method in self.axes["method"]:
+            place(method)
+        return order
+
+    def _included(self, values: dict[str, Any]) -> bool:
+        """Whether the grid has the run of these axis values."""
+        spec = METHODS[values["method"]]
+        if spec.needs_pretrained_init and values["init"] == "rand":
+            return False
+        if any(_matches(entry, values) for entry in self.exclude):
+            return False
+        # A control exists for each self-training run, not for an excluded one.
+        return not spec.control_of or self._included({**values, "method": spec.control_of})
+
     def _run(self, output_dir: str, tools_dir: str, values: dict[str, Any]) -> Run:
+        if METHODS[values["method"]].control_of:
+            return self._control_run(output_dir, tools_dir, values)
         init, aug, fraction = values["init"], values["augmentation"], values["fraction"]
         method, seed = values["method"], values["seed"]
         spec = METHODS[method]
@@ -282,14 +367,15 @@ class Grid:
         for axis in AXES:
             opts += self.value_opts.get(axis, {}).get(values[axis], ())
         opts += [*self.opts, *method_opts]
+        name = run_name(init, aug, fraction, method, seed)
         return Run(
-            name=run_name(init, aug, fraction, method, seed),
+            name=name,
             init=init,
             augmentation=aug,
             fraction=float(fraction),
             method=method,
             seed=int(seed),
-            run_dir=os.path.join(output_dir, run_name(init, aug, fraction, method, seed)),
+            run_dir=os.path.join(output_dir, name),
             tool=os.path.join(tools_dir, spec.tool),
             config=config,
             opts=tuple(opts),
@@ -297,6 +383,124 @@ class Grid:
             weights=weights,
             needs=tuple(needs),
         )
+
+    def _control_run(self, output_dir: str, tools_dir: str, values: dict[str, Any]) -> Run:
+        """The equal-compute control of the self-training run of these axis values (see the
+        module docstring): the supervised run's command, with the student's steps."""
+        spec = METHODS[values["method"]]
+        student = self._run(output_dir, tools_dir, {**values, "method": spec.control_of})
+        supervised_values = {**values, "method": METHODS[spec.control_of].teacher_method}
+        supervised = self._run(output_dir, tools_dir, supervised_values)
+        student_cfg = self._load(student.config, student.opts, f"run {student.name}")
+        supervised_cfg = self._load(supervised.config, supervised.opts, f"run {supervised.name}")
+        exp = student_cfg.SSDET.EXPERIMENT
+        name = run_name(*(values[axis] for axis in AXES))
+        weights, needs = supervised.weights, supervised.needs
+        start = []
+        if exp.STUDENT_INIT == "teacher":
+            if exp.ROUNDS != 1:
+                raise InputError(
+                    f"{self.path}: run {name} would be the control of {student.name}, whose "
+                    f"student fine-tunes its teacher for {exp.ROUNDS} rounds "
+                    "(SSDET.EXPERIMENT.ROUNDS): its last teacher is a self-trained student, which "
+                    "no supervised run continues. Use one round, or leave control off the "
+                    "method axis."
+                )
+            if not exp.TEACHER_WEIGHTS and not _trains_teacher_as(
+                student.config, exp, supervised.config
+            ):
+                raise InputError(
+                    f"{self.path}: run {name} would continue the teacher of {student.name} with "
+                    f"the supervised config {supervised.config}, but {student.config} trains "
+                    f"its teacher from {exp.TEACHER_CONFIG!r} with TEACHER_OPTS "
+                    f"{list(exp.TEACHER_OPTS)}. Make the experiment's teacher "
+                    f"{supervised.config}, or leave control off the method axis."
+                )
+            teacher, need = self._teacher_of(student, exp)
+            # As the student's stage: the whole teacher, without the backbone init on top of it.
+            start = ["SSDET.INIT", "RAND", "SSDET.INIT_WEIGHTS", "", "MODEL.WEIGHTS", teacher]
+            schedule = _differing_opts(student_cfg.SOLVER, supervised_cfg.SOLVER, "SOLVER.")
+            weights, needs = "", need
+        elif exp.STUDENT_INIT == "config":
+            schedule = []
+        else:
+            raise InputError(
+                f"{self.path}: run {student.name} has an unknown SSDET.EXPERIMENT.STUDENT_INIT "
+                f"{exp.STUDENT_INIT!r}; valid: config, teacher."
+            )
+        # The step count is what the control equalizes: always named, even where the supervised
+        # config has it already.
+        if "SOLVER.MAX_ITER" not in schedule[::2]:
+            schedule += ["SOLVER.MAX_ITER", str(student_cfg.SOLVER.MAX_ITER)]
+        opts = _overridden(supervised.opts, [*start, *schedule])
+        opts += self.value_opts.get("method", {}).get(values["method"], ())
+        # The supervised run of the cell is the same computation when the control's config is
+        # its config (OUTPUT_DIR aside, which the command sets).
+        same = (
+            self.control_reuses_supervised
+            and self._included(supervised_values)
+            and self._load(supervised.config, opts, f"run {name}") == supervised_cfg
+        )
+        return Run(
+            name=name,
+            init=values["init"],
+            augmentation=values["augmentation"],
+            fraction=float(values["fraction"]),
+            method=values["method"],
+            seed=int(values["seed"]),
+            run_dir=os.path.join(output_dir, name),
+            tool=os.path.join(tools_dir, spec.tool),
+            config=supervised.config,
+            opts=tuple(opts),
+            resumable_by_flag=spec.resumable_by_flag,
+            weights=weights,
+            needs=needs,
+            results_from=supervised.name if same else "",
+        )
+
+    def _teacher_of(self, student: Run, exp: CfgNode) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The teacher checkpoint of a self-training run, and what the run that continues it
+        needs: the reused supervised run's model, the experiment's own checkpoint, or the
+        teacher stage's model inside the self-training run's folder."""
+        if exp.TEACHER_WEIGHTS:
+            teacher = exp.TEACHER_WEIGHTS
+            reused = tuple(need for need in student.needs if need[0] == teacher)
+            if reused or "://" in teacher:  # a URL is fetched by the tool, not checked here
+                return teacher, reused
+            return teacher, ((teacher, "the teacher (SSDET.EXPERIMENT.TEACHER_WEIGHTS)"),)
+        teacher = os.path.join(student.run_dir, TEACHER, "model_final.pth")
+        return teacher, ((teacher, f"the teacher, from run {student.name}"),)
+
+    def _load(self, config: str, opts: Sequence[str], what: str) -> CfgNode:
+        return _load_config(config, opts, f"{self.path}: {what}")
+
+
+def _load_config(config: str, opts: Sequence[str], where: str) -> CfgNode:
+    """A run's config as the tools build it (:func:`ssdet.engine.defaults.load_cfg`)."""
+    try:
+        return load_cfg(config, list(opts))
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from e
+
+
+def _overridden(opts: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """``opts`` then ``overrides``, less the pairs of ``opts`` whose keys ``overrides`` set again:
+    the same config (later pairs win), and a command that names each key once."""
+    keys = set(overrides[::2])
+    kept = [x for k, v in zip(opts[::2], opts[1::2], strict=True) if k not in keys for x in (k, v)]
+    return [*kept, *overrides]
+
+
+def _differing_opts(node: CfgNode, reference: CfgNode, prefix: str) -> list[str]:
+    """``KEY VALUE`` pairs that turn ``reference`` into ``node`` (two configs' same sub-node)."""
+    opts = []
+    for key, value in node.items():
+        if isinstance(value, CfgNode):
+            opts += _differing_opts(value, reference[key], f"{prefix}{key}.")
+        elif value != reference[key]:
+            # merge_from_list reads non-string values back with literal_eval.
+            opts += [f"{prefix}{key}", value if isinstance(value, str) else repr(value)]
+    return opts
 
 
 def run_name(init: str, augmentation: str, fraction: float, method: str, seed: int) -> str:
@@ -326,8 +530,9 @@ def load_grid(path: str) -> Grid:
 
     Raises:
         InputError: a missing or malformed file, an unknown key, axis value or method, a method
-            without a base config, a pre-trained init without a weights file, or a base config
-            that does not exist.
+            without a base config (or, for the control, with one), a pre-trained init without a
+            weights file, a base config that does not exist, or a control without the methods
+            it is built from.
     """
     if not os.path.isfile(path):
         raise InputError(f"Grid file {path!r} not found (see configs/ablations/).")
@@ -369,6 +574,22 @@ def load_grid(path: str) -> Grid:
                 f"{path}: reuse_teacher needs the {teacher_method} method on the method axis: "
                 f"the {teacher_method} run of each cell is the teacher of its {method} run."
             )
+    control_reuses_supervised = raw.get("control_reuses_supervised", True)
+    if not isinstance(control_reuses_supervised, bool):
+        raise InputError(
+            f"{path}: control_reuses_supervised must be true or false, got "
+            f"{control_reuses_supervised!r}."
+        )
+    for method in axes["method"]:
+        control_of = METHODS[method].control_of
+        wanted = [control_of, METHODS[control_of].teacher_method] if control_of else []
+        missing = [m for m in wanted if m not in axes["method"]]
+        if missing:
+            raise InputError(
+                f"{path}: the {method} method needs {' and '.join(missing)} on the method axis: "
+                f"each {method} run is the {wanted[1]} config trained for as many steps as the "
+                f"student of the {control_of} run of its cell, and is compared with both."
+            )
     eval_dataset = raw.get("eval_dataset") or ""
     if not isinstance(eval_dataset, str):
         raise InputError(f"{path}: eval_dataset must be a dataset name, got {eval_dataset!r}.")
@@ -383,6 +604,7 @@ def load_grid(path: str) -> Grid:
         subset_seed=subset_seed,
         pseudo_augment_policy=pseudo_policy,
         reuse_teacher=reuse_teacher,
+        control_reuses_supervised=control_reuses_supervised,
         exclude=_parse_exclude(raw.get("exclude") or [], axes, path),
         eval_dataset=eval_dataset,
     )
@@ -484,7 +706,16 @@ def _parse_methods(
         )
     _check_values(list(raw), METHODS, f"{path}: methods")
     methods = {}
+    for method in raw:
+        if METHODS[method].control_of:
+            raise InputError(
+                f"{path}: methods.{method}: the {method} method has no base config or opts of "
+                f"its own: it is built from the {METHODS[method].control_of} and supervised "
+                "methods' (see ssdet/ablation/grid.py); remove the entry."
+            )
     for method in method_axis:
+        if METHODS[method].control_of:
+            continue
         spec = raw.get(method)
         if not isinstance(spec, dict) or not spec.get("config"):
             raise InputError(
@@ -567,19 +798,9 @@ def _check_reused_teacher(grid: Grid) -> None:
         if not teacher_method:
             continue
         teacher_base = grid.methods[teacher_method][0]
-        cfg = get_cfg()
-        add_ssdet_config(cfg)
-        try:
-            cfg.merge_from_file(config)
-        except (KeyError, ValueError, AssertionError) as e:
-            raise InputError(f"{grid.path}: bad base config {config!r} of {method}: {e}") from e
+        cfg = _load_config(config, (), f"{grid.path}: base config of {method}")
         exp = cfg.SSDET.EXPERIMENT
-        # tools/self_train.py looks the teacher config up next to the experiment config first.
-        teacher = exp.TEACHER_CONFIG
-        if teacher and not os.path.isabs(teacher):
-            beside = os.path.join(os.path.dirname(config), teacher)
-            teacher = beside if os.path.isfile(beside) else teacher
-        if os.path.realpath(teacher) != os.path.realpath(teacher_base) or exp.TEACHER_OPTS:
+        if not _trains_teacher_as(config, exp, teacher_base):
             raise InputError(
                 f"{grid.path}: reuse_teacher makes the {teacher_method} runs (base config "
                 f"{teacher_base}) the teachers of the {method} runs, but "
@@ -587,3 +808,14 @@ def _check_reused_teacher(grid: Grid) -> None:
                 f"{exp.TEACHER_CONFIG!r} with TEACHER_OPTS {list(exp.TEACHER_OPTS)}. Set "
                 f"reuse_teacher: false, or make the experiment's teacher {teacher_base}."
             )
+
+
+def _trains_teacher_as(config: str, exp: CfgNode, base: str) -> bool:
+    """Whether experiment ``config`` (with ``exp``, its SSDET.EXPERIMENT) trains its teacher as the
+    base config ``base`` trains a model: from that file, without teacher-only overrides."""
+    # tools/self_train.py looks the teacher config up next to the experiment config first.
+    teacher = exp.TEACHER_CONFIG
+    if teacher and not os.path.isabs(teacher):
+        beside = os.path.join(os.path.dirname(config), teacher)
+        teacher = beside if os.path.isfile(beside) else teacher
+    return os.path.realpath(teacher) == os.path.realpath(base) and not exp.TEACHER_OPTS

@@ -4,12 +4,15 @@ Tables (one per labeled fraction, or per augmentation for the data-size table):
 
 1. Supervised AP by init x augmentation (the paper's Rand / ImageNet / SimCLR rows, S1..S4).
 2. Pre-training vs self-training by augmentation: Rand Init supervised, then each pre-trained init
-   and each init with self-training, as AP and delta against Rand Init supervised.
+   and each init with self-training (each after its equal-compute control, in grids with the
+   control method), as AP and delta against Rand Init supervised.
 3. The same by labeled fraction.
 4. Joint training and all three, with the rows of table 2 for comparison (grids with joint or
    all-three runs).
 
 Every cell is "mean ± std (delta)" of COCO AP over seeds; "-" marks a cell without results.
+In a grid with the control, a self-training cell shows its deltas against the supervised and the
+control cell of its own init instead: "mean ± std (+x vs sup., +y vs ctrl)".
 Seeds whose value is NaN (null in final_metrics.json) are left out of the mean.
 """
 
@@ -23,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ssdet.ablation.collect import Cell, CellStats, RunResult
-from ssdet.ablation.grid import INIT_LABELS, METHOD_LABELS, Grid, format_fraction
+from ssdet.ablation.grid import INIT_LABELS, METHOD_LABELS, METHODS, Grid, format_fraction
 from ssdet.engine.defaults import COCO_METRICS
 from ssdet.utils.io import atomic_open
 
@@ -40,7 +43,8 @@ class Table:
     Attributes:
         title: its caption.
         columns: the column headers (after the row-label column, headed "Setup").
-        rows: (label, cells, whether the cells show the delta against Rand Init supervised).
+        rows: (label, cells, whether the cells show their deltas: against Rand Init
+            supervised, or for a cell with a control, against its supervised and control cells).
             A cell is None where the grid has no such run.
     """
 
@@ -73,11 +77,17 @@ def build_tables(grid: Grid, stats: dict[Cell, CellStats]) -> list[Table]:
         show_delta = (init, method) != ("rand", "supervised")
         return row_label(init, method), [stats.get(c) for c in cells], show_delta
 
+    def order(pair: tuple[str, str]) -> tuple:
+        # Rand Init supervised (the reference) first, then pre-training, then the other methods;
+        # a control row just above the row of the same init it is the control of.
+        init, method = pair
+        group = METHODS[method].control_of or method
+        ref = pair != ("rand", "supervised")
+        return ref, methods.index(group), inits.index(init), group == method
+
     def rows_for(method_set: Sequence[str]) -> list[tuple[str, str]]:
-        # Rand Init supervised (the reference) first, then pre-training, then the other methods.
         pairs = [(i, m) for m in methods if m in method_set for i in inits]
-        pairs = [p for p in pairs if p in _present(stats)]
-        return sorted(pairs, key=lambda p: (p != ("rand", "supervised"), methods.index(p[1])))
+        return sorted([p for p in pairs if p in _present(stats)], key=order)
 
     tables = []
     if "supervised" in methods:
@@ -89,7 +99,7 @@ def build_tables(grid: Grid, stats: dict[Cell, CellStats]) -> list[Table]:
                     [row(i, "supervised", [(i, a, f, "supervised") for a in augs]) for i in inits],
                 )
             )
-    compared = rows_for(("supervised", "self_training"))
+    compared = rows_for(("supervised", "self_training", "control"))
     if compared:
         for f in fractions:
             tables.append(
@@ -131,9 +141,12 @@ def _signed(x: float) -> str:
 def format_cell(s: CellStats | None, show_delta: bool, num_seeds: int, metric: str = "AP") -> str:
     """A cell's text: "mean ± std (delta)", "[n=k]" when fewer than ``num_seeds`` seeds finished.
 
+    A cell with an equal-compute control (a self-training cell) shows its deltas against its
+    own init's supervised and control cells: "mean ± std (+x vs sup., +y vs ctrl)".
+
     Args:
         s: the cell's statistics, None where the grid has no such run.
-        show_delta: whether to add the delta against Rand Init supervised.
+        show_delta: whether to add the deltas.
         num_seeds: the grid's seed count.
         metric: the COCO metric shown.
     """
@@ -144,7 +157,18 @@ def format_cell(s: CellStats | None, show_delta: bool, num_seeds: int, metric: s
     text = f"{s.mean[metric]:.1f}"
     if not math.isnan(s.std[metric]):
         text += f" ± {s.std[metric]:.1f}"
-    if show_delta and not math.isnan(s.delta[metric]):
+    if show_delta and s.delta_control is not None:
+        deltas = [
+            f"{_signed(delta)} vs {what}"
+            for delta, what in (
+                (s.delta_supervised[metric], "sup."),
+                (s.delta_control[metric], "ctrl"),
+            )
+            if not math.isnan(delta)
+        ]
+        if deltas:
+            text += f" ({', '.join(deltas)})"
+    elif show_delta and not math.isnan(s.delta[metric]):
         text += f" ({_signed(s.delta[metric])})"
     if s.n < num_seeds:
         text += f" [n={s.n}]"
@@ -153,10 +177,21 @@ def format_cell(s: CellStats | None, show_delta: bool, num_seeds: int, metric: s
 
 def _legend(grid: Grid) -> str:
     seeds = grid.axes["seed"]
-    return (
+    text = (
         f"COCO AP (box), mean ± sample std over {len(seeds)} seed(s) {seeds}; (+x.x) = AP minus "
-        "Rand Init supervised at the same augmentation and labeled fraction; [n=k] = only k "
-        f"seeds finished; {MISSING} = no finished run; {NO_VALUE} = finished runs without a value."
+        "Rand Init supervised at the same augmentation and labeled fraction; "
+    )
+    if any(METHODS[m].control_of for m in grid.axes["method"]):
+        text += (
+            "on self-training cells, (+x.x vs sup., +y.y vs ctrl) = AP minus the supervised and "
+            "minus the equal-compute control of the same init, augmentation and labeled fraction "
+            "(the control: the supervised config trained as many steps as the student; for a "
+            "student that fine-tunes its teacher, the teacher trained on with the student's "
+            "schedule); "
+        )
+    return text + (
+        f"[n=k] = only k seeds finished; {MISSING} = no finished run; {NO_VALUE} = finished "
+        "runs without a value."
     )
 
 
@@ -165,12 +200,18 @@ def _unfinished(results: Sequence[RunResult]) -> list[RunResult]:
 
 
 def _counts(results: Sequence[RunResult]) -> str:
-    done = sum(r.state == "done" for r in results)
+    """The runs' states; runs taking another run's results are counted apart (never run)."""
+    own = [r for r in results if not r.run.results_from]
+    done = sum(r.state == "done" for r in own)
     states = {}
-    for r in _unfinished(results):
+    for r in _unfinished(own):
         states[r.state] = states.get(r.state, 0) + 1
     extra = "".join(f", {n} {state}" for state, n in sorted(states.items()))
-    return f"{len(results)} runs: {done} finished{extra}"
+    text = f"{len(own)} runs: {done} finished{extra}"
+    shared = len(results) - len(own)
+    if shared:
+        text += f"; {shared} controls take their supervised run's results (the same computation)"
+    return text
 
 
 def format_duration(seconds: float) -> str:
@@ -184,7 +225,7 @@ def format_duration(seconds: float) -> str:
 def _wall_time(results: Sequence[RunResult]) -> str:
     """The finished runs' total wall time: what the grid cost when its runs go one after the
     other on one machine (each tool records its own wall time, wherever it ran)."""
-    walls = [r.wall_time_s for r in results if r.state == "done"]
+    walls = [r.wall_time_s for r in results if r.state == "done" and not r.run.results_from]
     known = [w for w in walls if not math.isnan(w)]
     text = f"wall time of the finished runs: {format_duration(sum(known)) if known else MISSING}"
     if len(known) < len(walls):
@@ -211,8 +252,18 @@ def render_markdown(grid: Grid, tables: Sequence[Table], results: Sequence[RunRe
         out += ["## Runs", "", "| run | AP | wall time |", "|---|---:|---:|"]
         for r in done:
             ap = NO_VALUE if math.isnan(r.metrics["AP"]) else f"{r.metrics['AP']:.1f}"
-            out.append(f"| {r.run.name} | {ap} | {format_duration(r.wall_time_s)} |")
+            wall = format_duration(r.wall_time_s)
+            if r.run.results_from:
+                wall = f"= {r.run.results_from}"
+            out.append(f"| {r.run.name} | {ap} | {wall} |")
         out.append("")
+        if any(r.run.results_from for r in done):
+            out += [
+                "`= RUN`: a control that is the same computation as that supervised run (the "
+                "student trains as many steps), so it is not run and takes that run's results "
+                "(the grid's `control_reuses_supervised`).",
+                "",
+            ]
     unfinished = _unfinished(results)
     if unfinished:
         out += ["## Runs without results", "", "| run | state | return code | message |"]
@@ -269,22 +320,28 @@ def render_latex(grid: Grid, tables: Sequence[Table], results: Sequence[RunResul
 CSV_KEYS = ("init", "augmentation", "fraction", "method", "n", "seeds")
 
 
+# Per metric: CellStats' attributes, in column order.
+CSV_STATS = ("mean", "std", "delta", "delta_supervised", "delta_control")
+
+
 def csv_header() -> list[str]:
-    """Columns of ``tables.csv``: the cell, its seeds, then mean, std and delta of each metric."""
-    return [*CSV_KEYS] + [f"{m}_{s}" for m in COCO_METRICS for s in ("mean", "std", "delta")]
+    """Columns of ``tables.csv``: the cell, its seeds, then per metric its mean, std, delta
+    against Rand Init supervised, delta against the same init's supervised cell, and delta
+    against its equal-compute control (empty for cells without one)."""
+    return [*CSV_KEYS] + [f"{m}_{s}" for m in COCO_METRICS for s in CSV_STATS]
 
 
 def write_csv(path: str, stats: dict[Cell, CellStats]) -> None:
     """Every cell of the grid, one row each, with every COCO metric (empty = no value)."""
 
-    def num(x: float) -> str:
-        return "" if math.isnan(x) else f"{x:.4f}"
+    def num(x: float | None) -> str:
+        return "" if x is None or math.isnan(x) else f"{x:.4f}"
 
     with atomic_open(path) as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(csv_header())
         for (init, aug, fraction, method), s in stats.items():
-            values = [num(getattr(s, k)[m]) for m in COCO_METRICS for k in ("mean", "std", "delta")]
+            values = [num((getattr(s, k) or {}).get(m)) for m in COCO_METRICS for k in CSV_STATS]
             seeds = " ".join(map(str, s.seeds))
             writer.writerow([init, aug, format_fraction(fraction), method, s.n, seeds, *values])
 

@@ -4,7 +4,9 @@ A run is finished when its ``final_metrics.json`` exists (the tools write it ato
 the runner is restartable at any point: finished runs are skipped, an interrupted train_net run
 continues from its ``last_checkpoint`` with ``--resume`` and an interrupted self-training run
 continues by itself. A run that fails is recorded in ``<output>/status.json`` (return code and the
-tail of its log) and the runner goes on with the next one; rerunning retries it.
+tail of its log) and the runner goes on with the next one; rerunning retries it. A run that takes
+another run's results (a control that is the same computation as its supervised run) is neither
+run nor printed.
 """
 
 import ctypes
@@ -76,8 +78,20 @@ class Summary:
 
 
 def is_finished(run: Run) -> bool:
-    """Whether the run wrote its final metrics."""
-    return os.path.isfile(os.path.join(run.run_dir, FINAL_METRICS))
+    """Whether the run wrote its final metrics (or the run it takes its results from did)."""
+    return os.path.isfile(os.path.join(run.results_dir, FINAL_METRICS))
+
+
+def runs_to_train(runs: Sequence[Run]) -> list[Run]:
+    """The runs with a computation of their own: all but those taking another run's results."""
+    shared = [r for r in runs if r.results_from]
+    if shared:
+        logger.info(
+            "%d run(s) take the results of the same computation and are not run: %s.",
+            len(shared),
+            ", ".join(f"{r.name} = {r.results_from}" for r in shared),
+        )
+    return [r for r in runs if not r.results_from]
 
 
 def needs_resume(run: Run) -> bool:
@@ -118,6 +132,7 @@ def dry_run(
         The number of commands printed.
     """
     out = out or sys.stdout
+    runs = runs_to_train(runs)
     todo = [r for r in runs if not is_finished(r)]
     for run in todo:
         print(run.shell_command(python, needs_resume(run), tool_args), file=out)
@@ -232,7 +247,9 @@ class GridRunner:
     """Runs a grid's runs, ``jobs`` at a time, recording each one in ``<output_dir>/status.json``.
 
     Runs start in grid order. A run that needs another run's output (a self-training run's reused
-    teacher) waits until that run has finished, and fails without starting if it then is missing.
+    teacher, the teacher a control continues) waits until that output exists or the run making
+    it has ended, and fails without starting if it then is missing. Runs taking another run's
+    results are left out (:func:`runs_to_train`).
     With ``jobs > 1``, each run gets an equal share of the machine: ``OMP_NUM_THREADS`` = CPU
     cores / jobs (unless set in the environment), and, when there are enough GPUs for every job,
     its own ``CUDA_VISIBLE_DEVICES`` (``num_gpus`` per run).
@@ -260,7 +277,7 @@ class GridRunner:
     ):
         if jobs < 1:
             raise InputError(f"--jobs must be >= 1, got {jobs}")
-        self.runs = list(runs)
+        self.runs = runs_to_train(runs)
         self.output_dir = output_dir
         self.python = python
         self.tool_args = list(tool_args)
@@ -327,6 +344,11 @@ class GridRunner:
         """Skip the finished runs, fail those whose inputs will not come, start the ready ones
         while job slots are free."""
         producers = {r.run_dir for r in pending} | {job.run.run_dir for job in running}
+
+        def made_by_another(path: str, run: Run) -> bool:
+            # The output may lie deeper in the producer's folder (a self-training run's teacher).
+            return any(path.startswith(d + os.sep) for d in producers - {run.run_dir})
+
         for run in list(pending):
             if is_finished(run):
                 pending.remove(run)
@@ -336,7 +358,7 @@ class GridRunner:
                 bar.update()
                 continue
             missing = [(path, what) for path, what in run.needs if not os.path.isfile(path)]
-            if any(os.path.dirname(path) in producers - {run.run_dir} for path, _ in missing):
+            if any(made_by_another(path, run) for path, _ in missing):
                 continue  # an earlier run makes it: wait for that one
             if missing:
                 pending.remove(run)

@@ -4,7 +4,9 @@ COCO 2017 itself is registered by Detectron2 (``coco_2017_train``, ``coco_2017_v
 ``$DETECTRON2_DATASETS/coco``); ssdet adds, under the same root:
 
 - ``mini_coco_train`` / ``mini_coco_val``: the generated mini-COCO (``mini_coco/``);
-- ``mini_imagenet_train`` / ``mini_imagenet_val``: mini-ImageNet (``mini_imagenet/``);
+- ``mini_imagenet_train`` / ``mini_imagenet_val``: mini-ImageNet (``mini_imagenet/``), with the
+  ground truth of its images recorded as ``ground_truth_json`` metadata (see
+  :mod:`ssdet.data.ground_truth`: for the pseudo-label report only, never for training);
 - ``imagenet_train`` / ``imagenet_val``: ImageNet, folder layout (``imagenet/{train,val}/<wnid>/``).
 
 Every loader checks its files first and raises :class:`InputError` naming the missing or broken
@@ -86,15 +88,24 @@ def register_coco_dataset(
     MetadataCatalog.get(name).set(evaluator_type="coco", **metadata)
 
 
-def register_image_folder(name: str, root: str) -> None:
+def register_image_folder(name: str, root: str, ground_truth_json: str | None = None) -> None:
     """Register an ImageNet-layout split folder (``root/<class>/<image>``) as a dataset.
 
     ``DatasetCatalog.get(name)`` returns an :class:`ImageFolderListing`, a lazy sequence of
     ``{"file_name", "image_id", "class_id"}`` dicts, not a list: at ImageNet scale a list of dicts
     would cost gigabytes in every DataLoader worker.
+
+    Args:
+        name: dataset name, e.g. for ``tools/pseudo_label.py --input``.
+        root: the split folder.
+        ground_truth_json: COCO instances file of the images' objects (file names relative to
+            ``root``), set as the ``ground_truth_json`` metadata; the file need not exist yet.
     """
     DatasetCatalog.register(name, lambda: ImageFolderListing(root))
-    MetadataCatalog.get(name).set(image_root=root, evaluator_type="classification")
+    metadata: dict[str, Any] = dict(image_root=root, evaluator_type="classification")
+    if ground_truth_json is not None:
+        metadata["ground_truth_json"] = ground_truth_json
+    MetadataCatalog.get(name).set(**metadata)
 
 
 def register_all(root: str) -> None:
@@ -108,7 +119,13 @@ def register_all(root: str) -> None:
             thing_classes=MINI_COCO_CLASSES,
             hint=_MINI_HINT,
         )
-        register_image_folder(f"mini_imagenet_{split}", os.path.join(root, "mini_imagenet", split))
+        register_image_folder(
+            f"mini_imagenet_{split}",
+            os.path.join(root, "mini_imagenet", split),
+            ground_truth_json=os.path.join(
+                root, "mini_imagenet", "annotations", f"instances_{split}.json"
+            ),
+        )
         register_image_folder(f"imagenet_{split}", os.path.join(root, "imagenet", split))
 
 

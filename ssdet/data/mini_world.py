@@ -7,9 +7,13 @@ The paper self-trains a COCO detector on pseudo-labeled ImageNet. The mini world
   shorter side, written as JPEG files plus COCO-format annotation files. The defaults are tuned so
   that the mini detector trained from scratch for a few CPU minutes lands in the 20-60 AP band
   (harder worlds left a Rand Init detector below 10 AP in that budget; every knob is an option).
-* **mini-ImageNet** (unlabeled, object-centric): one large, roughly centered shape per image on a
-  smooth, photographic-like background, in ImageNet's ``<split>/<class>/`` folder layout, with 4
-  classes that never occur in mini-COCO.
+* **mini-ImageNet** (unlabeled, object-centric): one dominant, roughly centered shape per image,
+  sometimes with 1-2 smaller others, in ImageNet's ``<split>/<class>/`` folder layout, with 4
+  classes that never occur in mini-COCO as a minority. By default it shares mini-COCO's visual
+  world (backgrounds, colors, noise, object sizes), as ImageNet shares COCO's photographs; the
+  ``"shifted"`` domain keeps a far style (smooth photographic backgrounds, shadows, blur) for
+  stress tests. Its ground truth is written as a side file that training never reads, so that the
+  teacher's pseudo labels can be scored.
 
 A shape's class is decided by its outline alone; color, shading, rotation and stretch are random,
 so a detector must learn shape. Every image has its own random generator seeded from
@@ -38,15 +42,18 @@ from ssdet.utils.io import atomic_write_json
 
 __all__ = [
     "GENERATOR_VERSION",
+    "GROUND_TRUTH_DIR",
+    "IMAGENET_DOMAINS",
     "MINI_COCO_CLASSES",
     "MINI_IMAGENET_CLASSES",
     "generate_mini_coco",
     "generate_mini_imagenet",
     "generate_mini_world",
+    "images_per_class",
 ]
 
 # Bump whenever a change alters the generated files, so that existing worlds are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 MINI_COCO_CLASSES: list[str] = [
     "circle",
@@ -65,6 +72,8 @@ MINI_IMAGENET_CLASSES: list[str] = MINI_COCO_CLASSES + ["tee", "frame", "bolt", 
 
 JPEG_QUALITY = 90
 MARKER_FILE = "world.json"
+# mini-ImageNet's ground-truth side file, next to its split folders (never read by training).
+GROUND_TRUTH_DIR = "annotations"
 
 # Keys that make every image's random generator distinct: [seed, dataset, split, (class,) index].
 _DATASET_KEYS = {"mini_coco": 1, "mini_imagenet": 2}
@@ -542,6 +551,79 @@ def _distractor(rng: np.random.Generator, height: int, width: int) -> _Layer:
     return _Layer(x, y, alpha[y : y + h, x : x + w])
 
 
+def _paint_scene(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    owner: np.ndarray,
+    objects: list[tuple[int, float, float, float, _Layer]],
+    num_clutter: int,
+    min_contrast: float,
+) -> None:
+    """Paint objects back to front, with ``num_clutter`` distractors at random depths, in place.
+
+    Args:
+        rng: the image's generator.
+        image: (H, W, 3) float32 background, painted over.
+        owner: (H, W) int map of the top-most object (index into ``objects``) at each pixel;
+            distractors write -2.
+        objects: ``(label, cx, cy, radius, layer)`` from back to front.
+        num_clutter: distractors to add.
+        min_contrast: least BGR distance between an object's color and the image under it.
+    """
+    height, width = image.shape[:2]
+    num_objects = len(objects)
+    # Clutter goes in at random depths: some behind objects, some over them (partly occluding).
+    depths = rng.integers(0, num_objects + 1, num_clutter)
+    clutter = [(int(d), _distractor(rng, height, width)) for d in depths]
+    for depth in range(num_objects + 1):
+        for d, layer in clutter:
+            if d == depth:
+                color = _hsv_color(rng, (0.0, 1.0), (0.1, 1.0))
+                _composite(image, layer, color, rng, 0.2, owner, owner_id=-2)
+        if depth < num_objects:
+            label, cx, cy, radius, layer = objects[depth]
+            r = max(int(radius), 1)
+            y, x = int(np.clip(cy, 0, height - 1)), int(np.clip(cx, 0, width - 1))
+            under = image[max(y - r, 0) : y + r + 1, max(x - r, 0) : x + r + 1].mean(axis=(0, 1))
+            color = _contrasting_color(rng, under, min_contrast)
+            _composite(image, layer, color, rng, 0.35, owner, owner_id=depth)
+
+
+def _visible_boxes(
+    objects: list[tuple[int, float, float, float, _Layer]],
+    owner: np.ndarray,
+    min_visible: float,
+    min_visible_size: int,
+) -> list[dict[str, Any]]:
+    """COCO annotations (without ids) of the objects visible enough after occlusion.
+
+    ``category_id`` is the object's label + 1; ``bbox`` (XYWH) is tight around the visible pixels
+    and ``area`` counts them. Objects less than ``min_visible`` visible or with a visible box
+    narrower than ``min_visible_size`` pixels are left out, as a labeler would leave them.
+    """
+    height, width = owner.shape
+    annotations = []
+    for index, (label, _, _, _, layer) in enumerate(objects):
+        full_area = int(np.count_nonzero(layer.alpha >= _COVERED))
+        clipped = _clip(layer, height, width)
+        if clipped is None:
+            continue
+        # An object's visible pixels lie inside its own layer, so only that region is searched.
+        region = clipped[0]
+        ys, xs = np.nonzero(owner[region] == index)
+        if len(xs) == 0 or len(xs) < min_visible * full_area:
+            continue
+        xs, ys = xs + region[1].start, ys + region[0].start
+        x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+        w, h = x1 - x0 + 1, y1 - y0 + 1
+        if min(w, h) < min_visible_size:
+            continue
+        annotations.append(
+            {"category_id": label + 1, "bbox": [x0, y0, w, h], "area": int(len(xs)), "iscrowd": 0}
+        )
+    return annotations
+
+
 def _render_coco_image(
     rng: np.random.Generator, style: _CocoStyle
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -566,11 +648,9 @@ def _render_coco_image(
     order = np.argsort(-sizes, kind="stable")
     objects = []
     for label, area_size in zip(labels[order].tolist(), sizes[order].tolist(), strict=True):
-        # Sparse shapes (star, crescent) need a larger box for the same area; the cap keeps the
-        # box within about the image, since a shape cropped far beyond recognition is noise.
-        size = min(area_size / math.sqrt(_FILL_RATIO[MINI_COCO_CLASSES[label]]), short)
-        stretch = math.exp(rng.uniform(-1.0, 1.0) * math.log(style.max_stretch))
-        radius = 0.5 * size * max(math.sqrt(stretch), 1.0 / math.sqrt(stretch))
+        size, stretch, radius = _shape_geometry(
+            rng, MINI_COCO_CLASSES[label], area_size, short, style.max_stretch
+        )
         cx, cy = _place(rng, radius, height, width, [o[1:4] for o in objects], style.occlusion)
         layer = _render_shape(
             MINI_COCO_CLASSES[label], cx, cy, size, stretch, rng.uniform(0, 2 * np.pi)
@@ -578,42 +658,8 @@ def _render_coco_image(
         objects.append((label, cx, cy, radius, layer))
 
     num_clutter = int(rng.integers(style.clutter_per_image[0], style.clutter_per_image[1] + 1))
-    # Clutter goes in at random depths: some behind objects, some over them (partly occluding).
-    depths = rng.integers(0, num_objects + 1, num_clutter)
-    clutter = [(int(d), _distractor(rng, height, width)) for d in depths]
-
-    for depth in range(num_objects + 1):
-        for d, layer in clutter:
-            if d == depth:
-                color = _hsv_color(rng, (0.0, 1.0), (0.1, 1.0))
-                _composite(image, layer, color, rng, 0.2, owner, owner_id=-2)
-        if depth < num_objects:
-            label, cx, cy, radius, layer = objects[depth]
-            r = max(int(radius), 1)
-            y, x = int(np.clip(cy, 0, height - 1)), int(np.clip(cx, 0, width - 1))
-            under = image[max(y - r, 0) : y + r + 1, max(x - r, 0) : x + r + 1].mean(axis=(0, 1))
-            color = _contrasting_color(rng, under, style.min_contrast)
-            _composite(image, layer, color, rng, 0.35, owner, owner_id=depth)
-
-    annotations = []
-    for index, (label, _, _, _, layer) in enumerate(objects):
-        full_area = int(np.count_nonzero(layer.alpha >= _COVERED))
-        clipped = _clip(layer, height, width)
-        if clipped is None:
-            continue
-        # An object's visible pixels lie inside its own layer, so only that region is searched.
-        region = clipped[0]
-        ys, xs = np.nonzero(owner[region] == index)
-        if len(xs) == 0 or len(xs) < style.min_visible * full_area:
-            continue
-        xs, ys = xs + region[1].start, ys + region[0].start
-        x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-        w, h = x1 - x0 + 1, y1 - y0 + 1
-        if min(w, h) < style.min_visible_size:
-            continue
-        annotations.append(
-            {"category_id": label + 1, "bbox": [x0, y0, w, h], "area": int(len(xs)), "iscrowd": 0}
-        )
+    _paint_scene(rng, image, owner, objects, num_clutter, style.min_contrast)
+    annotations = _visible_boxes(objects, owner, style.min_visible, style.min_visible_size)
     return _finish(rng, image, style.noise_std, style.max_blur_sigma), annotations
 
 
@@ -635,25 +681,146 @@ def _coco_job(job: tuple[str, int, int, int, _CocoStyle]) -> tuple[int, int, lis
 class _ImagenetStyle:
     """The knobs of :func:`generate_mini_imagenet` that shape each image (documented there)."""
 
+    domain: str
     image_size: int
     object_size: tuple[float, float]
     max_stretch: float
     secondary_prob: float
+    secondary_size: tuple[float, float]
+    clutter_per_image: tuple[int, int]
+    min_contrast: float
     noise_std: float
     max_blur_sigma: float
+    novel_fraction: float
 
 
-def _render_imagenet_image(
+# The two relations of mini-ImageNet to mini-COCO (``generate_mini_imagenet(domain=...)``).
+# "coco": ImageNet's relation to COCO. The same visual world as mini-COCO (its textured
+# backgrounds, colors, contrast, camera noise and blur, image size and an overlapping object-size
+# range), but object-centric, and novel classes a minority. "shifted": a much harder domain shift
+# for stress tests (the generator's only domain before version 3): smooth photographic
+# backgrounds, drop shadows, strong lighting and blur, 128 px images, objects up to 90% of the
+# side, and the 4 novel classes as frequent as the others.
+IMAGENET_DOMAINS: dict[str, dict[str, Any]] = {
+    "coco": {
+        "image_size": 160,
+        "object_size": (0.3, 0.7),
+        "max_stretch": 1.25,
+        "secondary_prob": 0.3,
+        "secondary_size": (0.15, 0.4),
+        "clutter_per_image": (0, 1),
+        "min_contrast": 90.0,
+        "noise_std": 3.0,
+        "max_blur_sigma": 0.3,
+        "novel_fraction": 0.1,
+    },
+    "shifted": {
+        "image_size": 128,
+        "object_size": (0.35, 0.9),
+        "max_stretch": 1.4,
+        "secondary_prob": 0.15,
+        "secondary_size": (0.1, 0.25),
+        "clutter_per_image": (0, 0),
+        "min_contrast": 0.0,
+        "noise_std": 3.0,
+        "max_blur_sigma": 1.0,
+        "novel_fraction": 4 / 14,
+    },
+}
+# Objects of mini-ImageNet's ground truth: as visible as mini-COCO's annotated ones must be.
+_IMAGENET_MIN_VISIBLE = 0.3
+_IMAGENET_MIN_VISIBLE_SIZE = 4
+# In the "coco" domain a secondary object is at most this fraction of the dominant one's size.
+_SECONDARY_MAX_RELATIVE_SIZE = 0.6
+
+
+def _shape_geometry(
+    rng: np.random.Generator, name: str, area_size: float, short: int, max_stretch: float
+) -> tuple[float, float, float]:
+    """(size, stretch, radius) of a shape of class ``name`` covering about ``area_size``**2 px.
+
+    Sparse shapes (star, crescent) need a larger box for the same area; the cap keeps the box
+    within about the image, since a shape cropped far beyond recognition is noise.
+    """
+    size = min(area_size / math.sqrt(_FILL_RATIO[name]), short)
+    stretch = math.exp(rng.uniform(-1.0, 1.0) * math.log(max_stretch))
+    radius = 0.5 * size * max(math.sqrt(stretch), 1.0 / math.sqrt(stretch))
+    return size, stretch, radius
+
+
+def _render_imagenet_coco_domain(
     rng: np.random.Generator, label: int, style: _ImagenetStyle
-) -> np.ndarray:
-    """Draw one object-centric image whose dominant object has class ``label``."""
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """An object-centric image in mini-COCO's visual world (the ``"coco"`` domain).
+
+    One dominant object of class ``label``, roughly centered and in front; with probability
+    ``secondary_prob`` 1-2 smaller objects placed around it (mini-COCO classes, novel ones at
+    ``novel_fraction``), and mini-COCO's distractors.
+    """
+    height, width = _image_size(rng, style.image_size, _IMAGENET_SHAPES)
+    short = min(height, width)
+    image = _textured_background(rng, height, width)
+    owner = np.full((height, width), -1, np.int16)
+
+    lo, hi = style.object_size
+    name = MINI_IMAGENET_CLASSES[label]
+    area_size = math.exp(rng.uniform(math.log(lo * short), math.log(hi * short)))
+    size, stretch, radius = _shape_geometry(rng, name, area_size, short, style.max_stretch)
+    cx = width / 2.0 + rng.uniform(-0.1, 0.1) * width
+    cy = height / 2.0 + rng.uniform(-0.1, 0.1) * height
+    dominant = (
+        label,
+        cx,
+        cy,
+        radius,
+        _render_shape(name, cx, cy, size, stretch, rng.uniform(0, 2 * np.pi)),
+    )
+
+    secondaries = []
+    if rng.random() < style.secondary_prob:
+        num_known = len(MINI_COCO_CLASSES)
+        for _ in range(int(rng.integers(1, 3))):
+            if rng.random() < style.novel_fraction:
+                other = num_known + int(rng.integers(len(MINI_IMAGENET_CLASSES) - num_known))
+            else:
+                other = int(rng.integers(num_known))
+            other_name = MINI_IMAGENET_CLASSES[other]
+            s_lo, s_hi = style.secondary_size
+            o_area = math.exp(rng.uniform(math.log(s_lo * short), math.log(s_hi * short)))
+            # Never as large as the dominant object: the image stays about one object.
+            o_area = min(o_area, _SECONDARY_MAX_RELATIVE_SIZE * area_size)
+            o_size, o_stretch, o_radius = _shape_geometry(
+                rng, other_name, o_area, short, style.max_stretch
+            )
+            placed = [dominant[1:4], *(o[1:4] for o in secondaries)]
+            # Around the dominant object, never on top of it (occlusion 0): it stays dominant.
+            ox, oy = _place(rng, o_radius, height, width, placed, 0.0)
+            layer = _render_shape(other_name, ox, oy, o_size, o_stretch, rng.uniform(0, 2 * np.pi))
+            secondaries.append((other, ox, oy, o_radius, layer))
+
+    # Back to front: the secondary objects behind, the dominant object in front.
+    objects = [*secondaries, dominant]
+    num_clutter = int(rng.integers(style.clutter_per_image[0], style.clutter_per_image[1] + 1))
+    _paint_scene(rng, image, owner, objects, num_clutter, style.min_contrast)
+    annotations = _visible_boxes(objects, owner, _IMAGENET_MIN_VISIBLE, _IMAGENET_MIN_VISIBLE_SIZE)
+    return _finish(rng, image, style.noise_std, style.max_blur_sigma), annotations
+
+
+def _render_imagenet_shifted(
+    rng: np.random.Generator, label: int, style: _ImagenetStyle
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """An object-centric image in a photographic style far from mini-COCO's (``"shifted"``)."""
     height, width = _image_size(rng, style.image_size, _IMAGENET_SHAPES)
     short = min(height, width)
     image = _photographic_background(rng, height, width)
+    owner = np.full((height, width), -1, np.int16)
+    objects: list[tuple[int, float, float, float, _Layer]] = []
 
-    def draw(name: str, cx: float, cy: float, size: float) -> None:
+    def draw(index: int, cx: float, cy: float, size: float) -> None:
         stretch = math.exp(rng.uniform(-1.0, 1.0) * math.log(style.max_stretch))
-        layer = _render_shape(name, cx, cy, size, stretch, rng.uniform(0, 2 * np.pi))
+        layer = _render_shape(
+            MINI_IMAGENET_CLASSES[index], cx, cy, size, stretch, rng.uniform(0, 2 * np.pi)
+        )
         # A soft drop shadow and strong lighting make the objects look photographed.
         shadow = cv2.GaussianBlur(layer.alpha.astype(np.float32), (0, 0), max(size * 0.05, 1.0))
         offset = rng.uniform(0.02, 0.06, 2) * size
@@ -663,25 +830,61 @@ def _render_imagenet_image(
             region, a = clipped
             image[region] *= 1.0 - rng.uniform(0.3, 0.6) * (a[..., None] / 255.0)
         color = _hsv_color(rng, (0.35, 1.0), (0.3, 1.0))
-        _composite(image, layer, color, rng, 0.5)
+        _composite(image, layer, color, rng, 0.5, owner, owner_id=len(objects))
+        objects.append((index, cx, cy, 0.5 * size, layer))
 
     if rng.random() < style.secondary_prob:
         for _ in range(int(rng.integers(1, 3))):
-            name = MINI_IMAGENET_CLASSES[int(rng.integers(len(MINI_IMAGENET_CLASSES)))]
+            index = int(rng.integers(len(MINI_IMAGENET_CLASSES)))
+            s_lo, s_hi = style.secondary_size
             draw(
-                name, rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.1, 0.25) * short
+                index,
+                rng.uniform(0, width),
+                rng.uniform(0, height),
+                rng.uniform(s_lo, s_hi) * short,
             )
     lo, hi = style.object_size
     cx = width / 2.0 + rng.uniform(-0.1, 0.1) * width
     cy = height / 2.0 + rng.uniform(-0.1, 0.1) * height
-    draw(MINI_IMAGENET_CLASSES[label], cx, cy, rng.uniform(lo, hi) * short)
-    return _finish(rng, image, style.noise_std, style.max_blur_sigma)
+    draw(label, cx, cy, rng.uniform(lo, hi) * short)
+    annotations = _visible_boxes(objects, owner, _IMAGENET_MIN_VISIBLE, _IMAGENET_MIN_VISIBLE_SIZE)
+    return _finish(rng, image, style.noise_std, style.max_blur_sigma), annotations
 
 
-def _imagenet_job(job: tuple[str, int, int, int, int, _ImagenetStyle]) -> None:
+def _render_imagenet_image(
+    rng: np.random.Generator, label: int, style: _ImagenetStyle
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Draw one object-centric image whose dominant object has class ``label``.
+
+    Returns:
+        The (H, W, 3) uint8 BGR image and its ground truth, COCO annotations without ids whose
+        ``category_id`` is the 1-based index into :data:`MINI_IMAGENET_CLASSES`.
+    """
+    if style.domain == "coco":
+        return _render_imagenet_coco_domain(rng, label, style)
+    return _render_imagenet_shifted(rng, label, style)
+
+
+def _imagenet_job(
+    job: tuple[str, int, int, int, int, _ImagenetStyle],
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """Render and write one image; returns (height, width, ground truth) for the side file."""
     path, seed, split_key, label, index, style = job
     key = [seed, _DATASET_KEYS["mini_imagenet"], split_key, label, index]
-    _write_jpeg(path, _render_imagenet_image(np.random.default_rng(key), label, style))
+    image, annotations = _render_imagenet_image(np.random.default_rng(key), label, style)
+    _write_jpeg(path, image)
+    return image.shape[0], image.shape[1], annotations
+
+
+def images_per_class(per_class: int, novel_fraction: float) -> dict[str, int]:
+    """Images per mini-ImageNet class: ``per_class`` for the mini-COCO classes, and for the novel
+    ones as many as make ``novel_fraction`` of all images (rounded per class)."""
+    num_known = len(MINI_COCO_CLASSES)
+    num_novel = len(MINI_IMAGENET_CLASSES) - num_known
+    novel = round(per_class * num_known * novel_fraction / (num_novel * (1.0 - novel_fraction)))
+    return {
+        name: per_class if i < num_known else novel for i, name in enumerate(MINI_IMAGENET_CLASSES)
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -865,51 +1068,89 @@ def generate_mini_imagenet(
     train_per_class: int = 300,
     val_per_class: int = 30,
     seed: int = 0,
-    image_size: int = 128,
-    object_size: tuple[float, float] = (0.35, 0.9),
-    max_stretch: float = 1.4,
-    secondary_prob: float = 0.15,
-    noise_std: float = 3.0,
-    max_blur_sigma: float = 1.0,
+    domain: str = "coco",
+    image_size: int | None = None,
+    object_size: tuple[float, float] | None = None,
+    max_stretch: float | None = None,
+    secondary_prob: float | None = None,
+    secondary_size: tuple[float, float] | None = None,
+    clutter_per_image: tuple[int, int] | None = None,
+    min_contrast: float | None = None,
+    noise_std: float | None = None,
+    max_blur_sigma: float | None = None,
+    novel_fraction: float | None = None,
     num_workers: int = 2,
     force: bool = False,
 ) -> str:
     """Generate mini-ImageNet under ``<root>/mini_imagenet`` unless it is already there.
 
     Layout: ``{train,val}/<class>/<class>_<index>.jpg`` for every class of
-    :data:`MINI_IMAGENET_CLASSES`, then the marker ``world.json`` (see :func:`generate_mini_coco`
-    for how the marker makes generation a no-op or a clean regeneration).
+    :data:`MINI_IMAGENET_CLASSES`; the ground truth ``annotations/instances_{train,val}.json``
+    (COCO format, ``file_name`` relative to the split's folder, ``category_id`` the 1-based index
+    into :data:`MINI_IMAGENET_CLASSES`, boxes tight around the visible pixels as in mini-COCO), a
+    side file that training never reads (the folders are unlabeled data; the pseudo-label report
+    measures the teacher's precision and recall with it); then the marker ``world.json`` (see
+    :func:`generate_mini_coco` for how the marker makes generation a no-op or a clean
+    regeneration).
+
+    Every style knob left None takes the value of ``domain`` in :data:`IMAGENET_DOMAINS`.
 
     Args:
         root: the datasets folder (usually ``$DETECTRON2_DATASETS``).
-        train_per_class: training images per class.
-        val_per_class: validation images per class.
+        train_per_class: training images per mini-COCO class (novel classes: see
+            ``novel_fraction``).
+        val_per_class: validation images per mini-COCO class.
         seed: the world's seed; the same seed and options give byte-identical files.
+        domain: ``"coco"`` (the default: mini-COCO's visual world, as ImageNet relates to COCO)
+            or ``"shifted"`` (a far domain, for stress tests); see :data:`IMAGENET_DOMAINS`.
         image_size: base image side in pixels; images are base x (1, 1), (1.125, 0.875),
             (0.875, 1.125) or (1, 0.75) (width x height).
-        object_size: (min, max) size of the dominant object as fractions of the shorter side,
-            sampled uniformly. Size is the geometric-mean side of the unrotated object's box.
+        object_size: (min, max) size of the dominant object as fractions of the shorter side.
+            "coco": log-uniform square root of the area, as mini-COCO's; "shifted": uniform
+            geometric-mean side of the unrotated box.
         max_stretch: largest aspect-ratio distortion of a shape (1 disables stretching).
-        secondary_prob: probability of 1-2 small secondary objects (any class) behind the main one.
+        secondary_prob: probability of 1-2 smaller secondary objects behind the dominant one.
+        secondary_size: (min, max) size of a secondary object, as ``object_size``; in "coco" it
+            is also at most 0.6 of the dominant object's.
+        clutter_per_image: inclusive range of mini-COCO's distractors ("coco" only).
+        min_contrast: least BGR distance between an object's color and the background under it
+            ("coco" only).
         noise_std: standard deviation of the Gaussian pixel noise (0-255 scale).
         max_blur_sigma: per-image Gaussian blur sigma is uniform in [0, max_blur_sigma] pixels.
+        novel_fraction: the fraction of images whose dominant object has a class mini-COCO lacks
+            (each novel class gets the same number, :func:`images_per_class`), and in "coco"
+            the chance that a secondary object is of a novel class.
         num_workers: processes that render images; 0 or 1 renders in this process.
         force: regenerate even if a matching marker is present.
 
     Returns:
         The dataset folder, ``<root>/mini_imagenet``.
     """
-    _check_range("object_size", object_size, 1e-3, 2.0)
-    if max_stretch < 1.0:
-        raise ValueError(f"max_stretch must be >= 1, got {max_stretch}")
-    style = _ImagenetStyle(
-        image_size=image_size,
-        object_size=tuple(object_size),
-        max_stretch=max_stretch,
-        secondary_prob=secondary_prob,
-        noise_std=noise_std,
-        max_blur_sigma=max_blur_sigma,
-    )
+    if domain not in IMAGENET_DOMAINS:
+        raise ValueError(f"domain must be one of {', '.join(IMAGENET_DOMAINS)}, got {domain!r}")
+    given = {
+        "image_size": image_size,
+        "object_size": object_size,
+        "max_stretch": max_stretch,
+        "secondary_prob": secondary_prob,
+        "secondary_size": secondary_size,
+        "clutter_per_image": clutter_per_image,
+        "min_contrast": min_contrast,
+        "noise_std": noise_std,
+        "max_blur_sigma": max_blur_sigma,
+        "novel_fraction": novel_fraction,
+    }
+    knobs = {k: (IMAGENET_DOMAINS[domain][k] if v is None else v) for k, v in given.items()}
+    for key in ("object_size", "secondary_size", "clutter_per_image"):
+        knobs[key] = tuple(knobs[key])
+    _check_range("object_size", knobs["object_size"], 1e-3, 2.0)
+    _check_range("secondary_size", knobs["secondary_size"], 1e-3, 2.0)
+    _check_range("clutter_per_image", knobs["clutter_per_image"], 0, math.inf)
+    if knobs["max_stretch"] < 1.0:
+        raise ValueError(f"max_stretch must be >= 1, got {knobs['max_stretch']}")
+    if not 0.0 <= knobs["novel_fraction"] < 1.0:
+        raise ValueError(f"novel_fraction must be in [0, 1), got {knobs['novel_fraction']}")
+    style = _ImagenetStyle(domain=domain, **knobs)
     directory = os.path.join(root, "mini_imagenet")
     options = {
         "train_per_class": train_per_class,
@@ -920,14 +1161,28 @@ def generate_mini_imagenet(
     if not _prepare(directory, marker, force):
         return directory
 
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(MINI_IMAGENET_CLASSES)]
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        jobs = []
+        jobs, names = [], []
+        counts = images_per_class(per_class, style.novel_fraction)
         for label, name in enumerate(MINI_IMAGENET_CLASSES):
             os.makedirs(os.path.join(directory, split, name))
-            for index in range(per_class):
-                path = os.path.join(directory, split, name, f"{name}_{index:06d}.jpg")
+            for index in range(counts[name]):
+                file_name = f"{name}/{name}_{index:06d}.jpg"
+                names.append(file_name)
+                path = os.path.join(directory, split, file_name)
                 jobs.append((path, seed, _SPLIT_KEYS[split], label, index, style))
-        _run(_imagenet_job, jobs, num_workers, desc=f"mini_imagenet {split}")
+        results = _run(_imagenet_job, jobs, num_workers, desc=f"mini_imagenet {split}")
+        images, annotations = [], []
+        for index, (name, (height, width, anns)) in enumerate(zip(names, results, strict=True)):
+            images.append({"id": index + 1, "file_name": name, "height": height, "width": width})
+            for ann in anns:
+                annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **ann})
+        atomic_write_json(
+            os.path.join(directory, GROUND_TRUTH_DIR, f"instances_{split}.json"),
+            {"images": images, "annotations": annotations, "categories": categories},
+            indent=None,
+        )
     atomic_write_json(os.path.join(directory, MARKER_FILE), marker)
     return directory
 

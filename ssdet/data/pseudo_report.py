@@ -2,28 +2,39 @@
 
 The report answers the questions asked before spending student compute: how many boxes per image,
 which classes, what score distribution, and how many images are left without a box (the "no pseudo
-boxes" failure; :meth:`PseudoLabelFilter.apply` also warns about it).
+boxes" failure; :meth:`PseudoLabelFilter.apply` also warns about it). Where the images have ground
+truth (the mini world's mini-ImageNet, see :mod:`ssdet.data.ground_truth`), it also says how many
+kept boxes are right: precision and recall against the ground truth.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from detectron2.structures import Boxes
+from detectron2.structures.boxes import matched_pairwise_iou
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ssdet.data.pseudo_labels import PseudoLabelSelection, is_almost_empty
+from ssdet.data.ground_truth import load_ground_truth
+from ssdet.data.pseudo_labels import PseudoLabelSelection, _gather_ranges, is_almost_empty
 from ssdet.utils.io import atomic_open, atomic_write_json
 
-__all__ = ["PseudoLabelReport", "build_report", "write_report"]
+__all__ = ["GROUND_TRUTH_IOU", "PseudoLabelReport", "build_report", "write_report"]
+
+logger = logging.getLogger(__name__)
 
 # Boxes-per-image histogram: one bin per count up to this, then one "N+" bin.
 _MAX_BOXES_BIN = 20
 # Score histograms: equal bins over [0, 1], the range of RetinaNet's sigmoid scores.
 _SCORE_BINS = 20
+# A kept box is a true positive at this IoU with a ground-truth object of its class (COCO's AP50).
+GROUND_TRUTH_IOU = 0.5
 
 
 @dataclass
@@ -50,6 +61,14 @@ class PseudoLabelReport:
         class_box_counts: class name -> kept boxes.
         class_image_counts: class name -> dataset items whose top kept box has that class.
         score_histogram: ``{"bin_edges", "stored", "kept"}``: counts of stored and kept boxes.
+        ground_truth: None without ground truth, else the kept boxes measured on the store's
+            images that the ground truth lists: ``{"file", "iou_threshold", "num_images",
+            "num_kept_boxes", "num_gt_boxes" (objects of the teacher's classes),
+            "num_novel_gt_boxes" (objects of other classes: no pseudo box can match them),
+            "true_positives", "precision", "recall", "image_accuracy" (fraction of the images
+            whose top-scoring kept box is a true positive; an image without one counts as
+            wrong), "per_class": {name: {"kept", "gt", "true_positives", "precision",
+            "recall"}}}``. A precision or recall of nothing (0 / 0) is None.
     """
 
     store_path: str
@@ -68,6 +87,7 @@ class PseudoLabelReport:
     class_box_counts: dict[str, int]
     class_image_counts: dict[str, int]
     score_histogram: dict[str, list]
+    ground_truth: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +111,14 @@ class PseudoLabelReport:
             f"{self.boxes_per_image['max']:g}",
             "  most boxes: " + ", ".join(f"{name} {count}" for name, count in busiest),
         ]
+        gt = self.ground_truth
+        if gt is not None:
+            lines.append(
+                f"  ground truth: precision {_percent(gt['precision'])}, recall "
+                f"{_percent(gt['recall'])}, image accuracy {_percent(gt['image_accuracy'])} at IoU "
+                f"{gt['iou_threshold']:g} on {gt['num_images']} images; objects of classes the "
+                f"teacher does not know, not counted: {gt['num_novel_gt_boxes']}"
+            )
         if self.almost_empty:
             lines.append(
                 f"  WARNING: almost no pseudo boxes; lower SSDET.PSEUDO_LABELS.SCORE_THRESH "
@@ -99,11 +127,133 @@ class PseudoLabelReport:
         return "\n".join(lines)
 
 
-def build_report(selection: PseudoLabelSelection) -> PseudoLabelReport:
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _true_positives(
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_classes: np.ndarray,
+    pair_boxes: np.ndarray,
+    pair_gt: np.ndarray,
+) -> np.ndarray:
+    """COCO's greedy matching of kept boxes to ground-truth objects, all images at once.
+
+    In descending score order, each box takes the unmatched object of its class that it overlaps
+    most, if their IoU is at least :data:`GROUND_TRUTH_IOU`. Only the few pairs above the IoU can
+    match, so the greedy loop runs over them alone.
+
+    Args:
+        boxes: float (D, 4) XYXY kept boxes, grouped by image and score-descending within one.
+        classes: int (D,) their classes.
+        gt_boxes: float (G, 4) XYXY objects.
+        gt_classes: int (G,) their classes in the teacher's ids, -1 for classes it does not know.
+        pair_boxes, pair_gt: int (P,) every (box, object) pair of the same image.
+
+    Returns:
+        bool (D,) whether each kept box is a true positive.
+    """
+    iou = matched_pairwise_iou(
+        Boxes(torch.from_numpy(boxes[pair_boxes])), Boxes(torch.from_numpy(gt_boxes[pair_gt]))
+    ).numpy()
+    # Kept classes are >= 0, so an object of a novel class (-1) is never a candidate.
+    candidate = (classes[pair_boxes] == gt_classes[pair_gt]) & (iou >= GROUND_TRUTH_IOU)
+    pair_boxes, pair_gt, iou = pair_boxes[candidate], pair_gt[candidate], iou[candidate]
+    # Box by box (indices run in score order within an image), each box's candidates by
+    # descending IoU: the first object still unmatched is the one the box takes.
+    order = np.lexsort((pair_gt, -iou, pair_boxes))
+    hits = np.zeros(len(boxes), dtype=bool)
+    matched = np.zeros(len(gt_boxes), dtype=bool)
+    for d, g in zip(pair_boxes[order].tolist(), pair_gt[order].tolist(), strict=True):
+        if not hits[d] and not matched[g]:
+            hits[d] = matched[g] = True
+    return hits
+
+
+def _ground_truth_section(
+    selection: PseudoLabelSelection, json_file: str | os.PathLike
+) -> dict[str, Any]:
+    """The ``ground_truth`` field of the report (see :class:`PseudoLabelReport`)."""
+    store = selection.store
+    names = store.class_names
+    class_ids = {name: k for k, name in enumerate(names)}
+    truth = load_ground_truth(json_file)
+    entries = [truth.get(store.stored_file_name(i)) for i in range(store.num_images)]
+    images = np.array([i for i, e in enumerate(entries) if e is not None], dtype=np.int64)
+    objects = [entries[i] for i in images.tolist()]
+    if not len(images):
+        logger.warning(
+            "Ground truth %s lists none of the %d images of %s: are they the same images?",
+            json_file,
+            store.num_images,
+            store.path,
+        )
+    # The objects of the store's images with ground truth, flat: those of images[p] are rows
+    # gt_offsets[p]:gt_offsets[p + 1].
+    gt_counts = np.array([len(o.class_names) for o in objects], dtype=np.int64)
+    gt_offsets = np.concatenate([[0], np.cumsum(gt_counts)])
+    gt_boxes = np.concatenate([o.boxes for o in objects] or [np.zeros((0, 4))])
+    gt_classes = np.array(
+        [class_ids.get(n, -1) for o in objects for n in o.class_names], dtype=np.int64
+    )
+    # The kept boxes of those images, and every (box, object) pair within an image.
+    box_counts = selection.kept_boxes_per_image()[images]
+    rows = selection.box_rows[_gather_ranges(selection.box_offsets[images], box_counts)]
+    box_image = np.repeat(np.arange(len(images)), box_counts)
+    pair_boxes = np.repeat(np.arange(len(rows)), gt_counts[box_image])
+    pair_gt = _gather_ranges(gt_offsets[box_image], gt_counts[box_image])
+    classes = store.classes[rows].astype(np.int64)
+    hits = _true_positives(store.boxes[rows], classes, gt_boxes, gt_classes, pair_boxes, pair_gt)
+
+    kept = np.bincount(classes, minlength=len(names))
+    tp = np.bincount(classes[hits], minlength=len(names))
+    gt = np.bincount(gt_classes[gt_classes >= 0], minlength=len(names))
+    # An image's first kept box is its top-scoring one (score-descending rows).
+    first_boxes = (np.cumsum(box_counts) - box_counts)[box_counts > 0]
+    num_correct = int(hits[first_boxes].sum())
+    return {
+        "file": os.fspath(json_file),
+        "iou_threshold": GROUND_TRUTH_IOU,
+        "num_images": len(images),
+        "num_kept_boxes": int(kept.sum()),
+        "num_gt_boxes": int(gt.sum()),
+        "num_novel_gt_boxes": int((gt_classes < 0).sum()),
+        "true_positives": int(tp.sum()),
+        "precision": _ratio(int(tp.sum()), int(kept.sum())),
+        "recall": _ratio(int(tp.sum()), int(gt.sum())),
+        "image_accuracy": _ratio(num_correct, len(images)),
+        "per_class": {
+            name: {
+                "kept": k,
+                "gt": g,
+                "true_positives": t,
+                "precision": _ratio(t, k),
+                "recall": _ratio(t, g),
+            }
+            for name, k, g, t in zip(names, kept.tolist(), gt.tolist(), tp.tolist(), strict=True)
+        },
+    }
+
+
+def build_report(
+    selection: PseudoLabelSelection, ground_truth: str | os.PathLike | None = None
+) -> PseudoLabelReport:
     """Compute the report of a selection (vectorized; seconds at ImageNet scale).
 
     Args:
         selection: the output of :meth:`PseudoLabelFilter.apply`.
+        ground_truth: a COCO instances file of the store's images (file names relative to the
+            store's ``image_root``), e.g. from :func:`~ssdet.data.ground_truth.find_ground_truth`;
+            None for no precision and recall.
+
+    Raises:
+        InputError: ``ground_truth`` is missing or not a COCO instances file.
     """
     store = selection.store
     names = store.class_names
@@ -146,6 +296,9 @@ def build_report(selection: PseudoLabelSelection) -> PseudoLabelReport:
             "stored": stored_scores.tolist(),
             "kept": kept_scores.tolist(),
         },
+        ground_truth=None
+        if ground_truth is None
+        else _ground_truth_section(selection, ground_truth),
     )
 
 
@@ -172,6 +325,12 @@ def write_report(
     ax.bar(range(len(hist["counts"])), hist["counts"])
     ax.set_xticks(range(0, len(hist["bins"]), 5), hist["bins"][::5])
     ax.set_title(f"Kept boxes per image ({report.num_images_without_boxes} images without)")
+    gt = report.ground_truth
+    if gt is not None:
+        fig.suptitle(
+            f"Against ground truth: precision {_percent(gt['precision'])}, recall "
+            f"{_percent(gt['recall'])} at IoU {gt['iou_threshold']:g}"
+        )
     ax.set_xlabel("boxes")
     ax.set_ylabel("images")
 

@@ -50,6 +50,7 @@ from detectron2.utils.file_io import PathManager
 from tqdm import tqdm
 
 from ssdet.data.build import check_num_classes, check_registered
+from ssdet.data.ground_truth import find_ground_truth
 from ssdet.data.image_folder import IMAGE_EXTENSIONS, ImageFolderListing
 from ssdet.data.pseudo_labels import (
     LabelingProvenance,
@@ -60,7 +61,7 @@ from ssdet.data.pseudo_labels import (
     merge_shards,
 )
 from ssdet.data.pseudo_report import build_report, write_report
-from ssdet.engine.defaults import argument_parser
+from ssdet.engine.defaults import argument_parser, share_cpu_cores
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open, atomic_write_json
 
@@ -787,7 +788,9 @@ def _provenance(cfg: CfgNode, plan: LabelingPlan) -> LabelingProvenance:
 def merge_and_report(cfg: CfgNode, plan: LabelingPlan) -> PseudoLabelStore:
     """Merge every chunk's shard into ``<output>/store`` and write the report next to it.
 
-    The report applies the student's filter of ``cfg`` (``SSDET.PSEUDO_LABELS``); its summary is
+    The report applies the student's filter of ``cfg`` (``SSDET.PSEUDO_LABELS``) and, when a
+    registered dataset has ground truth of the labeled images (the mini world's mini-ImageNet; see
+    :func:`find_ground_truth`), measures the kept boxes' precision and recall; its summary is
     printed.
 
     Returns:
@@ -799,7 +802,8 @@ def merge_and_report(cfg: CfgNode, plan: LabelingPlan) -> PseudoLabelStore:
         raise RuntimeError(f"{len(missing)} shards are missing after labeling, e.g. {missing[0]}")
     # The output was checked by prepare_labeling: an existing store is this run's, re-merged.
     store = merge_shards(shards, plan.store_dir, _provenance(cfg, plan), overwrite=True)
-    report = build_report(PseudoLabelFilter.from_config(cfg).apply(store))
+    selection = PseudoLabelFilter.from_config(cfg).apply(store)
+    report = build_report(selection, ground_truth=find_ground_truth(store))
     write_report(
         report,
         os.path.join(plan.output_dir, REPORT_JSON),
@@ -833,10 +837,7 @@ def label_images(cfg: CfgNode, plan: LabelingPlan) -> PseudoLabelStore | None:
                 "Ranks disagree on the listing or the pending chunks: do all machines see the "
                 "same --input and --output (a shared filesystem)?"
             )
-    device = torch.device(cfg.MODEL.DEVICE)
-    if device.type == "cpu" and comm.get_local_size() > 1:
-        # Processes sharing a machine's cores: more threads than cores stall every rank.
-        torch.set_num_threads(max(1, torch.get_num_threads() // comm.get_local_size()))
+    share_cpu_cores(cfg.MODEL.DEVICE)
 
     chunks = plan.pending[rank::world_size]
     num_images = sum(len(plan.chunk_range(k)) for k in chunks)

@@ -17,7 +17,25 @@ Stages, each in its own folder under the experiment's ``OUTPUT_DIR``:
 ``round1/student/``          the student (:class:`~ssdet.engine.StudentTrainer`) trained on the
                              labeled data plus that store, and evaluated
 ``roundK/...``               the same with round K-1's student as the teacher
+``control/``                 the equal-compute control (``STUDENT_INIT config``): the teacher's
+                             config trained for the student's steps; none when the teacher
+                             trained that many steps (it is the control)
+``roundK/continuation/``     the equal-compute control (``STUDENT_INIT teacher``): round K's
+                             student's config on human labels only, from the same weights
 ===========================  ====================================================================
+
+Every student is compared with an equal-compute control, a supervised run of as many steps of as
+many images (``SSDET.EXPERIMENT.CONTROL``, "auto"; "none" skips it): an effect of self-training
+only counts against a supervised run trained as long. A student of ``STUDENT_INIT config`` trains
+its config's schedule from its own init in every round, so one control serves them all: the
+teacher config (with ``TEACHER_OPTS``) trained with the student's ``SOLVER.MAX_ITER`` and
+``SOLVER.IMS_PER_BATCH``, everything else (optimizer, learning rate, warmup, LR steps) the
+teacher's and unscaled; it is the teacher itself when the teacher trained here with that schedule.
+A student of ``STUDENT_INIT teacher`` fine-tunes its teacher, so its control continues from the
+same weights: the student's config and schedule with no pseudo-label store, which trains with the
+supervised :class:`~ssdet.engine.Trainer` (human labels only, and without the student-only
+``SSDET.NOISE``, which only :class:`~ssdet.engine.StudentTrainer` adds). A control runs after the
+last student it is compared with, so that the main result comes first.
 
 A training stage is finished when it has written ``final_metrics.json``, a labeling stage when
 its store is complete (``store/metadata.json``, written last). A rerun skips finished stages and
@@ -72,6 +90,7 @@ from ssdet.data.pseudo_labels import (
 from ssdet.engine.defaults import (
     argument_parser,
     format_ap_table,
+    launch_url,
     load_cfg,
     setup_cfg,
     write_final_metrics,
@@ -84,6 +103,7 @@ from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open, atomic_write_json
 
 __all__ = [
+    "CONTROLS",
     "STUDENT_INITS",
     "ExperimentPlan",
     "Stage",
@@ -105,6 +125,32 @@ FINAL_CHECKPOINT = "model_final.pth"
 STAGE_FILE = "stage.json"
 TEACHER = "teacher"
 STUDENT_INITS = ("config", "teacher")
+# SSDET.EXPERIMENT.CONTROL: "auto" plans the equal-compute control, "none" skips it.
+CONTROLS = ("auto", "none")
+# The control stage of a STUDENT_INIT config experiment (one for every round).
+CONTROL = "control"
+# How a supervised run was set up besides its model (schedule, init, data, seed, policy). A control
+# that differs from its student on one of them is named with it: the student - control difference
+# includes that key's effect, not self-training's alone.
+_SETUP_KEYS = (
+    "SOLVER.MAX_ITER",
+    "SOLVER.IMS_PER_BATCH",
+    "SOLVER.BASE_LR",
+    "SOLVER.LR_SCHEDULER_NAME",
+    "SOLVER.STEPS",
+    "SOLVER.GAMMA",
+    "SOLVER.WARMUP_ITERS",
+    "SOLVER.WARMUP_FACTOR",
+    "SSDET.SOLVER.OPTIMIZER",
+    "MODEL.WEIGHTS",
+    "SSDET.INIT",
+    "SSDET.INIT_WEIGHTS",
+    "DATASETS.TRAIN",
+    "SSDET.DATA.LABELED_FRACTION",
+    "SSDET.DATA.SUBSET_SEED",
+    "SEED",
+    "SSDET.AUGMENT.POLICY",
+)
 
 # Config keys that do not change a stage's result (where it runs, how many loader processes,
 # where it writes), and the experiment's own keys, whose effect is in the stages' other keys.
@@ -181,6 +227,10 @@ class ExperimentPlan:
         unlabeled: ``SSDET.EXPERIMENT.UNLABELED_DATASET``.
         teacher: the teacher stage.
         rounds: per round, its labeling and student stages.
+        controls: per round, the equal-compute control of its student: the teacher stage, the
+            ``control`` stage (the same for every round) or the round's ``continuation``; empty
+            with ``SSDET.EXPERIMENT.CONTROL none``.
+        control_why: why the control is that stage (``"same schedule"`` for the teacher).
     """
 
     config_file: str
@@ -189,10 +239,30 @@ class ExperimentPlan:
     unlabeled: str
     teacher: Stage
     rounds: tuple[tuple[Stage, Stage], ...]
+    controls: tuple[Stage, ...] = ()
+    control_why: str = ""
 
     @property
     def stages(self) -> list[Stage]:
-        return [self.teacher, *(stage for pair in self.rounds for stage in pair)]
+        """Every stage once, in the order they run: a control after the last student it controls."""
+        stages = [self.teacher]
+        for k, pair in enumerate(self.rounds):
+            stages += pair
+            later = self.controls[k + 1 :]
+            stages += [c for c in self.controls[k : k + 1] if c not in stages and c not in later]
+        return stages
+
+    def control_differences(self) -> dict[str, list]:
+        """``{key: [control's value, student's value]}`` for each of the setup keys (schedule,
+        init, data, seed, policy) on which the last student's control differs from it."""
+        if not self.controls:
+            return {}
+        control = _flat_config(self.controls[-1].load_cfg())
+        student = _flat_config(self.rounds[-1][1].load_cfg())
+        differences = {
+            key: [control[key], student[key]] for key in _SETUP_KEYS if control[key] != student[key]
+        }
+        return json.loads(json.dumps(differences))
 
 
 def _resolve_teacher_config(path: str, config_file: str) -> str:
@@ -250,6 +320,45 @@ def _filter_opts(cfg: CfgNode) -> list:
     ]
 
 
+def _plan_control(
+    teacher: Stage, cfg: CfgNode, output_dir: str, teacher_opts: list
+) -> tuple[tuple[Stage, ...], str]:
+    """The equal-compute control of a STUDENT_INIT config student, and why it is that stage.
+
+    The teacher's config trained for the student's steps and images per step. Only the schedule's
+    length changes: a learning rate or warmup scaled to it would be another baseline than the
+    teacher's recipe, and with a cosine schedule (or steps past MAX_ITER) the decay follows
+    MAX_ITER anyway.
+    """
+    teacher_cfg = teacher.load_cfg()
+    steps = (cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH)
+    teacher_steps = (teacher_cfg.SOLVER.MAX_ITER, teacher_cfg.SOLVER.IMS_PER_BATCH)
+    if teacher.kind == "train" and teacher_steps == steps:
+        return (teacher,), "same schedule"
+    if teacher.kind == "train":
+        why = "the teacher trained {} steps of {} images, the student {} of {}".format(
+            *teacher_steps, *steps
+        )
+    else:
+        why = "the teacher was given (SSDET.EXPERIMENT.TEACHER_WEIGHTS), not trained here"
+    control = Stage(
+        CONTROL,
+        "train",
+        output_dir,
+        teacher.config_file,
+        (
+            *teacher_opts,
+            "SOLVER.MAX_ITER",
+            cfg.SOLVER.MAX_ITER,
+            "SOLVER.IMS_PER_BATCH",
+            cfg.SOLVER.IMS_PER_BATCH,
+            "OUTPUT_DIR",
+            output_dir,
+        ),
+    )
+    return (control,), why
+
+
 def plan_experiment(
     config_file: str, opts: list | None = None, rounds: int | None = None
 ) -> ExperimentPlan:
@@ -283,6 +392,10 @@ def plan_experiment(
         raise InputError(
             f"Unknown SSDET.EXPERIMENT.STUDENT_INIT {exp.STUDENT_INIT!r}; valid: "
             f"{', '.join(STUDENT_INITS)}."
+        )
+    if exp.CONTROL not in CONTROLS:
+        raise InputError(
+            f"Unknown SSDET.EXPERIMENT.CONTROL {exp.CONTROL!r}; valid: {', '.join(CONTROLS)}."
         )
     if len(exp.TEACHER_OPTS) % 2:
         raise InputError(
@@ -328,7 +441,7 @@ def plan_experiment(
             (*teacher_opts, "OUTPUT_DIR", folder(TEACHER)),
         )
 
-    pairs = []
+    pairs, continuations = [], []
     for k in range(1, exp.ROUNDS + 1):
         label_name, student_name = f"round{k}/pseudo_labels", f"round{k}/student"
         if k == 1:
@@ -353,7 +466,7 @@ def plan_experiment(
             # The student starts from the whole teacher, so the experiment's backbone init
             # (SSDET.INIT, which the teacher started from) must not be applied on top of it:
             # check_init_config refuses both at once.
-            student_opts += [
+            from_teacher = [
                 "SSDET.INIT",
                 "RAND",
                 "SSDET.INIT_WEIGHTS",
@@ -361,6 +474,26 @@ def plan_experiment(
                 "MODEL.WEIGHTS",
                 weights,
             ]
+            student_opts += from_teacher
+            # The student's steps from the student's starting point, on human labels only: with
+            # no store, train_or_evaluate trains the supervised Trainer.
+            name = f"round{k}/continuation"
+            continuations.append(
+                Stage(
+                    name,
+                    "train",
+                    folder(name),
+                    config_file,
+                    (
+                        *opts,
+                        "SSDET.PSEUDO_LABELS.STORE",
+                        "",
+                        *from_teacher,
+                        "OUTPUT_DIR",
+                        folder(name),
+                    ),
+                )
+            )
         student = Stage(
             student_name,
             "train",
@@ -371,6 +504,14 @@ def plan_experiment(
         pairs.append((label, student))
         weights = os.path.join(student.output_dir, "model_final.pth")
 
+    if exp.CONTROL == "none":
+        controls, control_why = (), ""
+    elif exp.STUDENT_INIT == "teacher":
+        controls = tuple(continuations)
+        control_why = "the student fine-tunes its teacher, STUDENT_INIT teacher"
+    else:
+        controls, control_why = _plan_control(teacher, cfg, folder(CONTROL), teacher_opts)
+        controls *= exp.ROUNDS
     plan = ExperimentPlan(
         config_file=config_file,
         cfg=cfg,
@@ -378,6 +519,8 @@ def plan_experiment(
         unlabeled=exp.UNLABELED_DATASET,
         teacher=teacher,
         rounds=tuple(pairs),
+        controls=controls,
+        control_why=control_why,
     )
     # Every stage's config must load before anything trains for hours.
     cfgs = {stage.name: stage.load_cfg() for stage in plan.stages}
@@ -495,7 +638,7 @@ def _stage_args(stage: Stage, launch_args: argparse.Namespace) -> argparse.Names
         num_gpus=launch_args.num_gpus,
         num_machines=launch_args.num_machines,
         machine_rank=launch_args.machine_rank,
-        dist_url=launch_args.dist_url,
+        dist_url=launch_url(launch_args),
     )
 
 
@@ -505,7 +648,7 @@ def _launch(main, launch_args: argparse.Namespace, main_args: tuple) -> None:
         launch_args.num_gpus,
         num_machines=launch_args.num_machines,
         machine_rank=launch_args.machine_rank,
-        dist_url=launch_args.dist_url,
+        dist_url=launch_url(launch_args),
         args=main_args,
     )
 
@@ -671,28 +814,88 @@ def check_pseudo_labels(store_dir: str, cfg: CfgNode, teacher_weights: str = "")
 # -------------------------------------------------------------------------------------------------
 
 
-def format_self_training_table(teacher: dict, rounds: list[dict]) -> str:
-    """Markdown AP tables of the teacher and each round's student, one per evaluated dataset.
+def format_self_training_table(teacher: dict, rounds: list[dict], control: dict | None) -> str:
+    """Markdown AP tables of the teacher, each round's student and the equal-compute control(s),
+    one per evaluated dataset.
 
     Args:
         teacher: the teacher's ``{dataset: {"bbox": metrics}}``.
         rounds: each round's student's results, in the same form.
+        control: the ``control`` of the experiment's ``final_metrics.json`` (its ``rounds``:
+            each round's control's ``stage``, ``steps`` and ``results``); None = no control.
 
     Returns:
-        Per dataset, a heading line, the table and the AP difference of the last student.
+        Per dataset, a heading line, the table and the AP differences of the last student to the
+        teacher and to its control.
     """
+    controls = {}
+    for record in control["rounds"] if control else ():
+        controls[f"control ({record['stage']}, {record['steps']} steps)"] = record["results"]
+    last_control = f"control ({control['stage']}, {control['steps']} steps)" if control else None
     blocks = []
     for dataset, teacher_res in teacher.items():
         rows = {"teacher": teacher_res}
         for k, res in enumerate(rounds, 1):
             rows[f"student (round {k})"] = res.get(dataset, {})
+        rows.update({name: res.get(dataset, {}) for name, res in controls.items()})
         block = f"{dataset}:\n" + format_ap_table(rows, row_label="model")
-        ap_teacher = teacher_res.get("bbox", {}).get("AP")
         ap_student = rows[f"student (round {len(rounds)})"].get("bbox", {}).get("AP")
-        if ap_teacher is not None and ap_student is not None:
-            block += f"\nstudent - teacher: {ap_student - ap_teacher:+.1f} AP"
+        differences = []
+        for name, row in (("teacher", "teacher"), ("control", last_control)):
+            ap = rows[row].get("bbox", {}).get("AP") if row else None
+            if ap_student is not None and ap is not None:
+                differences.append(f"student - {name}: {ap_student - ap:+.1f} AP")
+        if not control:
+            differences.append("no equal-compute control")
+        block += "\n" + ", ".join(differences)
         blocks.append(block)
     return "\n\n".join(blocks)
+
+
+def _control_record(plan: ExperimentPlan) -> dict | None:
+    """The ``control`` of the experiment's ``final_metrics.json``: the last student's control."""
+    if not plan.controls:
+        return None
+    rounds = [
+        {"stage": stage.name, "steps": stage.load_cfg().SOLVER.MAX_ITER, "results": stage.results()}
+        for stage in plan.controls
+    ]
+    return {
+        **rounds[-1],
+        "why": plan.control_why,
+        "differs_from_student": plan.control_differences(),
+        "rounds": rounds,
+    }
+
+
+def _describe_control(plan: ExperimentPlan) -> str:
+    """What the equal-compute control is, whether it is the teacher, and how it differs."""
+    if not plan.controls:
+        return "no equal-compute control (SSDET.EXPERIMENT.CONTROL none)"
+    control = plan.controls[-1]
+    steps = control.load_cfg().SOLVER
+    schedule = f"{steps.MAX_ITER} steps of {steps.IMS_PER_BATCH} images"
+    if control is plan.teacher:
+        line = (
+            f"equal-compute control: the teacher ({plan.control_why}: {schedule}, as the student)"
+        )
+    elif control.name == CONTROL:
+        line = (
+            f"equal-compute control: stage {control.name}, not the teacher: the teacher's config "
+            f"for the student's {schedule} ({plan.control_why})"
+        )
+    else:
+        line = (
+            f"equal-compute control: stage {control.name}, one per round, not the teacher: the "
+            f"student's config on human labels only for its {schedule}, from the weights the "
+            f"student starts from ({plan.control_why})"
+        )
+    differences = plan.control_differences()
+    if differences:
+        line += "; it differs from the student also in " + ", ".join(
+            f"{key} {theirs!r} vs {ours!r}" for key, (theirs, ours) in differences.items()
+        )
+    return line
 
 
 def _export_student(student: Stage, path: str) -> None:
@@ -707,6 +910,7 @@ def _export_student(student: Stage, path: str) -> None:
 def _finish(plan: ExperimentPlan, pseudo_counts: list[dict], wall_time: float) -> dict:
     teacher = plan.teacher.results()
     rounds = [student.results() for _, student in plan.rounds]
+    control = _control_record(plan)
     last_student = plan.rounds[-1][1]
     _export_student(last_student, os.path.join(plan.output_dir, FINAL_CHECKPOINT))
     stage_times = {}
@@ -723,6 +927,8 @@ def _finish(plan: ExperimentPlan, pseudo_counts: list[dict], wall_time: float) -
         "ssdet_version": ssdet.__version__,
         "teacher": teacher,
         "rounds": rounds,
+        # The equal-compute control of the last student (None with CONTROL none).
+        "control": control,
         "stages": [stage.name for stage in plan.stages],
         "pseudo_labels": pseudo_counts,
         # The wall time each training stage recorded (its last run, if it was resumed).
@@ -731,7 +937,8 @@ def _finish(plan: ExperimentPlan, pseudo_counts: list[dict], wall_time: float) -
     }
     # Written last, atomically: its presence means the experiment finished.
     atomic_write_json(os.path.join(plan.output_dir, FINAL_METRICS), record)
-    print("\n" + format_self_training_table(teacher, rounds) + "\n", flush=True)
+    print("\n" + format_self_training_table(teacher, rounds, control) + "\n", flush=True)
+    logger.info(_describe_control(plan))
     return record
 
 
@@ -750,6 +957,7 @@ def _setup_experiment(plan: ExperimentPlan) -> float | None:
     stages = [stage.name for stage in plan.stages]
     final = os.path.join(plan.output_dir, FINAL_METRICS)
     logger.info("Self-training experiment %s: stages %s", plan.output_dir, ", ".join(stages))
+    logger.info(_describe_control(plan))
     if not os.path.isfile(final):
         return None
     summary = _read_json(final)

@@ -2,10 +2,12 @@
 
 import os
 
+import detectron2.engine.defaults as d2_defaults
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.utils import comm
 
 from ssdet.data import check_num_classes, check_registered, get_labeled_dataset_dicts
 from ssdet.data.augment import PolicyDatasetMapper
@@ -13,6 +15,25 @@ from ssdet.data.joint import add_classification_batches
 from ssdet.engine.joint import JointTrainerMixin
 from ssdet.modeling.init import apply_backbone_init
 from ssdet.solver import build_optimizer
+
+_d2_create_ddp_model = d2_defaults.create_ddp_model
+
+
+def create_ddp_model(model, **kwargs):
+    """Detectron2's ``create_ddp_model``, also for CPU processes (``launch`` on gloo).
+
+    Detectron2 passes ``device_ids=[local rank]``, which ``DistributedDataParallel`` accepts for
+    GPU modules only. On a CPU machine several 1-thread processes train faster than one process
+    with as many threads (the mini model does not keep several threads busy), so CPU modules get
+    ``device_ids=None``.
+    """
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _d2_create_ddp_model(model, **kwargs)
+
+
+# DefaultTrainer.__init__ calls the module's function by name; this is its one CPU-aware change.
+d2_defaults.create_ddp_model = create_ddp_model
 
 
 class Trainer(JointTrainerMixin, DefaultTrainer):

@@ -13,7 +13,10 @@ INSTANT = os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml")
 @pytest.fixture
 def base_configs(tmp_path) -> dict[str, str]:
     """A supervised config (the instant test) and a self-training experiment whose teacher is it,
-    plus an (empty) ImageNet init weights file."""
+    plus an (empty) ImageNet init weights file, and two variants of the experiment: its student
+    trains longer ("self_training_longer": 60 steps, not 40), or continues its teacher on a
+    schedule of its own ("self_training_from_teacher": STUDENT_INIT teacher, 30 steps at lr 0.001
+    after 2 warmup steps, 8 images per step)."""
     sup = tmp_path / "supervised.yaml"
     sup.write_text(f"_BASE_: {INSTANT}\n")
     exp = tmp_path / "self_train.yaml"
@@ -30,9 +33,32 @@ def base_configs(tmp_path) -> dict[str, str]:
             }
         )
     )
+    longer = tmp_path / "self_train_longer.yaml"
+    longer.write_text(f"_BASE_: {exp}\nSOLVER:\n  MAX_ITER: 60\n")
+    from_teacher = tmp_path / "self_train_from_teacher.yaml"
+    from_teacher.write_text(
+        yaml.safe_dump(
+            {
+                "_BASE_": str(exp),
+                "SSDET": {"EXPERIMENT": {"STUDENT_INIT": "teacher"}},
+                "SOLVER": {
+                    "BASE_LR": 0.001,
+                    "WARMUP_ITERS": 2,
+                    "MAX_ITER": 30,
+                    "IMS_PER_BATCH": 8,
+                },
+            }
+        )
+    )
     weights = tmp_path / "imagenet_backbone.pth"
     weights.write_bytes(b"")
-    return {"supervised": str(sup), "self_training": str(exp), "weights": str(weights)}
+    return {
+        "supervised": str(sup),
+        "self_training": str(exp),
+        "self_training_longer": str(longer),
+        "self_training_from_teacher": str(from_teacher),
+        "weights": str(weights),
+    }
 
 
 @pytest.fixture

@@ -343,3 +343,151 @@ def test_wall_time_is_summed_and_listed_per_run(make_grid, tmp_path):
     ]
     tex = open(os.path.join(out, "tables.tex")).read()
     assert "wall time of the finished runs: 1 h 15 min" in tex.splitlines()[0]
+
+
+def control_world(make_grid, base_configs, tmp_path, student: str, **overrides):
+    """Rand / ImageNet Init x S1 / S4 x supervised / self-training / control x 2 seeds."""
+    axes = {
+        "init": ["rand", "imagenet"],
+        "augmentation": ["S1", "S4"],
+        "fraction": [1.0],
+        "method": ["supervised", "self_training", "control"],
+        "seed": [0, 1],
+    }
+    methods = {
+        "supervised": {"config": base_configs["supervised"]},
+        "self_training": {"config": base_configs[student]},
+    }
+    out = str(tmp_path / "out")
+    grid = load_grid(make_grid(axes=axes, methods=methods, **overrides))
+    return grid, grid.runs(out, "tools"), out
+
+
+# AP of each method and init at Augment-S1; S4 is 10 lower, seed 1 is 1 higher than seed 0.
+AP = {
+    ("rand", "supervised"): 27.0,
+    ("rand", "control"): 29.5,
+    ("rand", "self_training"): 30.0,
+    ("imagenet", "supervised"): 53.0,
+    ("imagenet", "control"): 54.0,
+    ("imagenet", "self_training"): 52.5,
+}
+
+
+def ap_of(run) -> float:
+    return AP[(run.init, run.method)] - 10.0 * (run.augmentation == "S4") + run.seed
+
+
+def test_deltas_against_the_control_in_every_format(make_grid, base_configs, tmp_path):
+    grid, runs, out = control_world(
+        make_grid, base_configs, tmp_path, "self_training_from_teacher", reuse_teacher=True
+    )
+    assert not any(r.results_from for r in runs)  # continuations: every control runs
+    no_control = ("imagenet", "S4", 1.0, "control")  # a control cell without results yet
+    for run in runs:
+        if run.cell != no_control:
+            write_metrics(run, {"AP": ap_of(run), "AP50": 2 * ap_of(run)})
+    results = collect_runs(runs, out)
+    stats = aggregate(results)
+    st = stats[("rand", "S1", 1.0, "self_training")]
+    assert st.delta_supervised["AP"] == pytest.approx(3.0)
+    assert st.delta_control["AP"] == pytest.approx(0.5)
+    assert st.delta_control["AP50"] == pytest.approx(1.0)
+    assert stats[("imagenet", "S1", 1.0, "self_training")].delta["AP"] == pytest.approx(25.5)
+    assert stats[("imagenet", "S1", 1.0, "control")].delta_control is None
+    assert math.isnan(stats[("imagenet", "S4", 1.0, "self_training")].delta_control["AP"])
+
+    render_all(out, grid, aggregate(results), results)
+    md = open(os.path.join(out, "tables.md")).read()
+    assert (
+        "(+x.x vs sup., +y.y vs ctrl) = AP minus the supervised and minus the equal-compute" in md
+    )
+    tables = parse_markdown(md)
+    t2 = tables["Table 2: pre-training vs self-training by augmentation (100% labeled)"]
+    # The control just above the self-training row of its init; "vs sup." and "vs ctrl" are
+    # against the same init, the other rows' deltas against Rand Init supervised.
+    assert t2[1:] == [
+        ["Rand Init, supervised", "27.5 ± 0.7", "17.5 ± 0.7"],
+        ["ImageNet Init, supervised", "53.5 ± 0.7 (+26.0)", "43.5 ± 0.7 (+26.0)"],
+        ["Rand Init, equal-compute control", "30.0 ± 0.7 (+2.5)", "20.0 ± 0.7 (+2.5)"],
+        [
+            "Rand Init, self-training",
+            "30.5 ± 0.7 (+3.0 vs sup., +0.5 vs ctrl)",
+            "20.5 ± 0.7 (+3.0 vs sup., +0.5 vs ctrl)",
+        ],
+        ["ImageNet Init, equal-compute control", "54.5 ± 0.7 (+27.0)", "-"],
+        [
+            "ImageNet Init, self-training",
+            "53.0 ± 0.7 (-0.5 vs sup., -1.5 vs ctrl)",
+            "43.0 ± 0.7 (-0.5 vs sup.)",
+        ],
+    ]
+    t3 = tables["Table 3: pre-training vs self-training by labeled fraction (Augment-S1)"]
+    assert [r[1] for r in t3[1:]] == [r[1] for r in t2[1:]]
+    titles = [t for t in tables if t.startswith("Table")]
+    tex = open(os.path.join(out, "tables.tex")).read()
+    assert parse_latex(tex) == {t: rows for t, rows in tables.items() if t in titles}
+
+    with open(os.path.join(out, "tables.csv")) as f:
+        rows = {(r["init"], r["augmentation"], r["method"]): r for r in csv.DictReader(f)}
+    assert len(rows) == 12
+    row = rows[("rand", "S1", "self_training")]
+    assert float(row["AP_delta"]) == float(row["AP_delta_supervised"]) == pytest.approx(3.0)
+    assert float(row["AP_delta_control"]) == pytest.approx(0.5)
+    assert float(row["AP50_delta_control"]) == pytest.approx(1.0)
+    row = rows[("imagenet", "S1", "self_training")]
+    assert float(row["AP_delta"]) == pytest.approx(25.5)
+    assert float(row["AP_delta_supervised"]) == pytest.approx(-0.5)
+    assert float(row["AP_delta_control"]) == pytest.approx(-1.5)
+    assert rows[("imagenet", "S4", "self_training")]["AP_delta_control"] == ""
+    assert {rows[k]["AP_delta_control"] for k in rows if k[2] != "self_training"} == {""}
+    assert float(rows[("imagenet", "S1", "control")]["AP_delta_supervised"]) == pytest.approx(1.0)
+    with Image.open(os.path.join(out, "ap_vs_fraction.png")) as image:
+        image.verify()
+
+
+def test_a_control_takes_the_results_of_its_supervised_run(make_grid, base_configs, tmp_path):
+    """A student from its own init with the supervised step count: the control is the supervised
+    run, never run, and its cells are the supervised cells."""
+    grid, runs, out = control_world(make_grid, base_configs, tmp_path, "self_training")
+    controls = [r for r in runs if r.method == "control"]
+    assert all(r.results_from for r in controls)
+    unfinished = "imagenet_S4_f1.0_supervised_s1"
+    for run in runs:
+        if run.method != "control" and run.name != unfinished:
+            write_metrics(run, {"AP": ap_of(run)}, wall_time_s=600.0)
+    atomic_write_json(
+        os.path.join(out, STATUS_FILE),
+        {unfinished: {"state": "failed", "returncode": 1, "error": None, "log_tail": ["oom"]}},
+    )
+    results = {r.run.name: r for r in collect_runs(runs, out)}
+    control = results["rand_S1_f1.0_control_s0"]
+    assert control.state == "done" and control.metrics["AP"] == ap_of(runs[0]) == 27.0
+    assert math.isnan(control.wall_time_s)  # it cost nothing
+    failed = results["imagenet_S4_f1.0_control_s1"]
+    assert failed.state == "failed" and failed.returncode == 1
+    assert failed.message == f"takes the results of {unfinished}: oom"
+
+    stats = aggregate(list(results.values()))
+    for init in ("rand", "imagenet"):
+        st = stats[(init, "S1", 1.0, "self_training")]
+        assert st.delta_control["AP"] == pytest.approx(st.delta_supervised["AP"])
+    render_all(out, grid, stats, list(results.values()))
+    md = open(os.path.join(out, "tables.md")).read()
+    # 16 runs of their own (15 finished), at 10 min each; 8 controls are supervised runs.
+    assert "16 runs: 15 finished, 1 failed; 8 controls take their supervised run's results" in md
+    assert "wall time of the finished runs: 2 h 30 min." in md
+    tables = parse_markdown(md)
+    t2 = {
+        r[0]: r[1:]
+        for r in tables["Table 2: pre-training vs self-training by augmentation (100% labeled)"][1:]
+    }
+    assert t2["Rand Init, equal-compute control"] == ["27.5 ± 0.7 (+0.0)", "17.5 ± 0.7 (+0.0)"]
+    assert t2["Rand Init, self-training"][0] == "30.5 ± 0.7 (+3.0 vs sup., +3.0 vs ctrl)"
+    assert t2["ImageNet Init, equal-compute control"][1] == "43.0 (+25.5) [n=1]"
+    listed = {r[0]: r[1:] for r in tables["Runs"][1:]}
+    assert listed["rand_S1_f1.0_control_s0"] == ["27.0", "= rand_S1_f1.0_supervised_s0"]
+    assert listed["rand_S1_f1.0_supervised_s0"] == ["27.0", "10 min"]
+    assert "`= RUN`: a control that is the same computation as that supervised run" in md
+    without = {r[0]: r[1:] for r in tables["Runs without results"][1:]}
+    assert without["imagenet_S4_f1.0_control_s1"][:2] == ["failed", "1"]

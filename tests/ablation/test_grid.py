@@ -146,7 +146,7 @@ def test_opts_are_valid_config_overrides(make_grid):
             axes={
                 "init": ["rand", "imagenet"],
                 "augmentation": ["S1"],
-                "method": ["supervised", "self_training", "joint", "all_three"],
+                "method": ["supervised", "self_training", "joint", "all_three", "control"],
             },
             reuse_teacher=True,
         )
@@ -306,7 +306,243 @@ def test_shipped_grids_load(path, monkeypatch):
     runs = grid.runs("out", "tools")
     assert len({r.name for r in runs}) == len(runs) > 0
     if os.path.basename(path) == "mini.yaml":
-        # The issue's minimum: init {rand, imagenet} x {S1, S4} x {supervised, self-training} x 2.
-        assert len(runs) == 16
+        # init {rand, imagenet} x {S1, S4} x {supervised, self-training, control} x 2 seeds; the
+        # paper's student trains its teacher's steps, so every control is its supervised run.
+        assert len(runs) == 24
+        assert sum(r.method == "control" for r in runs) == 8
     if os.path.basename(path) == "coco_full.yaml":
         assert len(runs) == 61  # the count its GPU-cost comment is computed for
+
+
+CONTROL_AXES = {
+    "init": ["rand", "imagenet"],
+    "augmentation": ["S1", "S4"],
+    "fraction": [0.2, 1.0],
+    "method": ["control", "self_training", "supervised"],
+    "seed": [0, 1],
+}
+
+
+def control_grid(make_grid, base_configs, student: str, **overrides):
+    """A grid with the control, whose self-training method runs experiment ``student``."""
+    methods = {
+        "supervised": {"config": base_configs["supervised"]},
+        "self_training": {"config": base_configs[student]},
+    }
+    return load_grid(make_grid(**{"axes": CONTROL_AXES, "methods": methods, **overrides}))
+
+
+def resolved(run):
+    cfg = get_cfg()
+    add_ssdet_config(cfg)
+    cfg.merge_from_file(run.config)
+    cfg.merge_from_list(list(run.opts))
+    return cfg
+
+
+def test_control_of_a_student_from_its_own_init(make_grid, base_configs):
+    """STUDENT_INIT config: the supervised run with the student's step count (the grid's
+    value_opts apply to both: at 20% both train 9 steps, at 100% the student 60, the supervised
+    run 40) and the supervised optimizer settings."""
+    grid = control_grid(
+        make_grid,
+        base_configs,
+        "self_training_longer",
+        value_opts={"fraction": {0.2: ["SOLVER.MAX_ITER", 9]}},
+        control_reuses_supervised=False,
+    )
+    runs = grid.runs("out", "tools")
+    by_name = {r.name: r for r in runs}
+    students = [r for r in runs if r.method == "self_training"]
+    controls = [r for r in runs if r.method == "control"]
+    assert len(students) == len(controls) == 2 * 2 * 2 * 2
+    position = {r.name: k for k, r in enumerate(runs)}
+    for student in students:
+        name = run_name(
+            student.init, student.augmentation, student.fraction, "control", student.seed
+        )
+        assert re.fullmatch(r"(rand|imagenet)_S[14]_f(0\.2|1\.0)_control_s[01]", name)
+        control = by_name[name]
+        supervised = by_name[student.name.replace("self_training", "supervised")]
+        # Listed first on the axis, the controls still come after the runs they are built from.
+        assert position[supervised.name] < position[student.name] < position[name]
+        cmd = control.command("PY")
+        assert cmd[:4] == [
+            "PY",
+            os.path.join("tools", "train_net.py"),
+            "--config",
+            supervised.config,
+        ]
+        assert cmd[4:6] == ["OUTPUT_DIR", os.path.join("out", name)]
+        steps = 9 if student.fraction == 0.2 else 60
+        # The supervised run's opts, each key once, the student's step count last.
+        assert pairs(control.opts) == {**pairs(supervised.opts), "SOLVER.MAX_ITER": str(steps)}
+        assert list(control.opts[-2:]) == ["SOLVER.MAX_ITER", str(steps)]
+        assert len(control.opts) == 2 * len(pairs(control.opts))
+        cfg, sup_cfg = resolved(control), resolved(supervised)
+        assert cfg.SOLVER.MAX_ITER == resolved(student).SOLVER.MAX_ITER == steps
+        assert cfg.SOLVER.BASE_LR == sup_cfg.SOLVER.BASE_LR
+        assert cfg.SOLVER.WARMUP_ITERS == sup_cfg.SOLVER.WARMUP_ITERS
+        assert cfg.SSDET.INIT == control.init.upper() and cfg.MODEL.WEIGHTS == ""
+        assert control.needs == supervised.needs and control.results_from == ""
+        assert control.resumable_by_flag and "--resume" in control.command("PY", resume=True)
+
+
+def test_control_reuses_the_supervised_run_where_it_is_the_same_computation(
+    make_grid, base_configs
+):
+    grid = control_grid(
+        make_grid,
+        base_configs,
+        "self_training_longer",
+        value_opts={"fraction": {0.2: ["SOLVER.MAX_ITER", 9]}},
+    )
+    assert grid.control_reuses_supervised  # the default
+    for control in (r for r in grid.runs("out", "tools") if r.method == "control"):
+        supervised = control.name.replace("control", "supervised")
+        # Same steps at 20%: the supervised run's results; at 100% the student trains longer.
+        assert control.results_from == (supervised if control.fraction == 0.2 else "")
+        expected = os.path.join("out", supervised if control.fraction == 0.2 else control.name)
+        assert control.results_dir == expected
+        assert control.run_dir == os.path.join("out", control.name)
+    # Not where the supervised run is excluded: the control then runs itself.
+    grid = control_grid(
+        make_grid,
+        base_configs,
+        "self_training",
+        exclude=[{"method": "supervised", "init": "imagenet"}],
+    )
+    controls = [r for r in grid.runs("out", "tools") if r.method == "control"]
+    assert {r.init for r in controls if r.results_from} == {"rand"}
+    assert {r.init for r in controls if not r.results_from} == {"imagenet"}
+
+
+def test_control_continues_the_teacher_with_the_students_schedule(make_grid, base_configs):
+    """STUDENT_INIT teacher: train_net from the teacher's final weights with the student's SOLVER,
+    on human-labeled data only, after the teacher's run."""
+    for reuse_teacher in (True, False):
+        grid = control_grid(
+            make_grid,
+            base_configs,
+            "self_training_from_teacher",
+            reuse_teacher=reuse_teacher,
+            opts=["SOLVER.CHECKPOINT_PERIOD", 5],
+        )
+        runs = grid.runs("out", "tools")
+        by_name = {r.name: r for r in runs}
+        position = {r.name: k for k, r in enumerate(runs)}
+        for control in (r for r in runs if r.method == "control"):
+            student = by_name[control.name.replace("control", "self_training")]
+            supervised = by_name[control.name.replace("control", "supervised")]
+            teacher_run = supervised if reuse_teacher else student
+            if reuse_teacher:
+                teacher = os.path.join("out", supervised.name, "model_final.pth")
+            else:  # the teacher stage of the self-training run
+                teacher = os.path.join("out", student.name, "teacher", "model_final.pth")
+            assert control.results_from == ""
+            assert control.needs == ((teacher, f"the teacher, from run {teacher_run.name}"),)
+            assert position[teacher_run.name] < position[control.name]
+            cmd = control.command("PY")
+            assert cmd[1] == os.path.join("tools", "train_net.py") and cmd[3] == supervised.config
+            opts = pairs(cmd[6:])
+            assert opts["MODEL.WEIGHTS"] == teacher
+            assert opts["SSDET.INIT"] == "RAND" and opts["SSDET.INIT_WEIGHTS"] == ""
+            assert opts["SOLVER.BASE_LR"] == "0.001"
+            assert opts["SOLVER.WARMUP_ITERS"] == "2"
+            assert opts["SOLVER.MAX_ITER"] == "30"
+            assert opts["SOLVER.IMS_PER_BATCH"] == "8"
+            for key in ("SSDET.AUGMENT.POLICY", "SSDET.DATA.LABELED_FRACTION", "SEED"):
+                assert opts[key] == pairs(supervised.opts)[key]
+            # Each key once, and no student-only keys: human-labeled data only.
+            assert len(opts) == len(cmd[6:]) // 2
+            assert not any(k.startswith(("SSDET.SELF_TRAINING", "SSDET.EXPERIMENT")) for k in opts)
+            cfg = resolved(control)
+            assert cfg.SOLVER == resolved(student).SOLVER
+            assert cfg.SOLVER.CHECKPOINT_PERIOD == 5  # the grid's opts apply
+            assert cfg.SSDET.INIT == "RAND" and cfg.SSDET.INIT_WEIGHTS == ""
+            assert not cfg.SSDET.PSEUDO_LABELS.STORE and cfg.SSDET.NOISE.DROP_PATH_RATE == 0.0
+
+
+def test_control_is_one_per_self_training_run(make_grid, base_configs):
+    grid = control_grid(
+        make_grid, base_configs, "self_training", exclude=[{"method": "self_training", "seed": 1}]
+    )
+    runs = grid.runs("out", "tools")
+    assert {r.seed for r in runs if r.method == "control"} == {0}
+    assert sum(r.method == "control" for r in runs) == sum(
+        r.method == "self_training" for r in runs
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            {
+                "axes": {
+                    "init": ["rand"],
+                    "augmentation": ["S1"],
+                    "method": ["supervised", "control"],
+                }
+            },
+            "control method needs self_training on the method axis",
+        ),
+        (
+            {"axes": {"init": ["rand"], "augmentation": ["S1"], "method": ["control"]}},
+            "needs self_training and supervised",
+        ),
+        (
+            {
+                "axes": {
+                    "init": ["rand"],
+                    "augmentation": ["S1"],
+                    "method": CONTROL_AXES["method"],
+                },
+                "methods": {
+                    "supervised": {"config": INSTANT},
+                    "self_training": {"config": INSTANT},
+                    "control": {"config": INSTANT},
+                },
+            },
+            "methods.control: the control method has no base config",
+        ),
+        (
+            {"axes": CONTROL_AXES, "control_reuses_supervised": "yes"},
+            "control_reuses_supervised must be true or false",
+        ),
+    ],
+)
+def test_bad_control_grids_are_refused(make_grid, overrides, message):
+    with pytest.raises(InputError, match=message):
+        load_grid(make_grid(**overrides))
+
+
+def test_control_of_a_multi_round_continuation_is_refused(make_grid, base_configs, tmp_path):
+    rounds = "SSDET:\n  EXPERIMENT:\n    ROUNDS: 2\n"
+    from_teacher, from_config = tmp_path / "from_teacher_2.yaml", tmp_path / "from_config_2.yaml"
+    from_teacher.write_text(f"_BASE_: {base_configs['self_training_from_teacher']}\n{rounds}")
+    from_config.write_text(f"_BASE_: {base_configs['self_training']}\n{rounds}")
+    configs = {**base_configs, "from_teacher": str(from_teacher), "from_config": str(from_config)}
+    with pytest.raises(InputError, match="fine-tunes its teacher for 2 rounds"):
+        control_grid(make_grid, configs, "from_teacher")
+    # From its own init, every round's student trains its MAX_ITER steps: a control is defined.
+    control_grid(make_grid, configs, "from_config")
+
+
+def test_control_of_a_teacher_other_than_the_supervised_config_is_refused(
+    make_grid, base_configs, tmp_path
+):
+    exp = tmp_path / "other_teacher.yaml"
+    exp.write_text(
+        f"_BASE_: {base_configs['self_training_from_teacher']}\n"
+        "SSDET:\n  EXPERIMENT:\n    TEACHER_OPTS: ['SOLVER.BASE_LR', 0.02]\n"
+    )
+    base_configs = {**base_configs, "other_teacher": str(exp)}
+    with pytest.raises(InputError, match="would continue the teacher of .* TEACHER_OPTS"):
+        control_grid(make_grid, base_configs, "other_teacher")
+    # From its own init the student does not depend on its teacher's config.
+    exp.write_text(
+        f"_BASE_: {base_configs['self_training']}\n"
+        "SSDET:\n  EXPERIMENT:\n    TEACHER_OPTS: ['SOLVER.BASE_LR', 0.02]\n"
+    )
+    control_grid(make_grid, base_configs, "other_teacher")

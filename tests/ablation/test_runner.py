@@ -3,10 +3,12 @@ one runner per folder, and a grid killed at any point finishes on rerun without 
 
 The runs here execute a stand-in for the tools (passed as the Python interpreter, the runner's
 ``python`` argument) that follows their contract: it writes ``last_checkpoint`` while training,
-``final_metrics.json`` atomically at the end, and fails on an unknown config key. The real tools
-run in test_ablate_tool.py.
+``final_metrics.json`` atomically at the end, and fails on an unknown config key; with
+``FAKE_TOOL_MODEL`` it writes ``model_final.pth`` too, and as self_train its teacher stage's
+``teacher/model_final.pth`` first. The real tools run in test_ablate_tool.py.
 """
 
+import io
 import json
 import os
 import signal
@@ -19,7 +21,7 @@ import time
 import pytest
 
 from ssdet.ablation import GridRunner, Interrupted, grid_lock, load_grid
-from ssdet.ablation.runner import STATUS_FILE, dry_run, read_status
+from ssdet.ablation.runner import STATUS_FILE, dry_run, is_finished, read_status
 from ssdet.utils.errors import InputError
 
 from ..conftest import REPO
@@ -39,6 +41,9 @@ unknown = [key for key in opts if not key.isupper() or key.startswith("FAKE.")]
 if unknown:
     print("error: Bad config: Non-existent config key: " + unknown[0], flush=True)
     sys.exit(1)
+if tool == "self_train.py" and os.environ.get("FAKE_TOOL_MODEL"):
+    os.makedirs(os.path.join(out, "teacher"), exist_ok=True)
+    open(os.path.join(out, "teacher", "model_final.pth"), "w").close()
 first = not os.path.exists(os.path.join(out, "last_checkpoint"))
 with open(os.path.join(out, "last_checkpoint"), "w") as f:
     f.write("model_0000009.pth")
@@ -326,3 +331,85 @@ def test_dry_run_prints_the_unfinished_runs(small_grid, tmp_path, capsys):
     ]
     assert "--resume" in lines[0] and runs[1].method == "supervised"
     assert not os.path.exists(os.path.join(out, STATUS_FILE))
+
+
+def control_grid(make_grid, base_configs, student: str, **overrides) -> str:
+    """rand x S1 x supervised / self-training / control x seed 0, the student from ``student``."""
+    return make_grid(
+        axes={
+            "init": ["rand"],
+            "augmentation": ["S1"],
+            "method": ["supervised", "self_training", "control"],
+        },
+        methods={
+            "supervised": {"config": base_configs["supervised"]},
+            "self_training": {"config": base_configs[student]},
+        },
+        **overrides,
+    )
+
+
+def test_control_continuing_a_teacher_inside_a_self_training_run(
+    make_grid, base_configs, fake_python, tmp_path, monkeypatch
+):
+    """Without reuse_teacher the control's teacher is the self-training run's teacher stage: the
+    control waits for that file, then runs beside the rest of the self-training run."""
+    grid = control_grid(make_grid, base_configs, "self_training_from_teacher")
+    monkeypatch.setenv("FAKE_TOOL_SECONDS", "3")
+    monkeypatch.setenv("FAKE_TOOL_MODEL", "1")
+    out = str(tmp_path / "out")
+    runs = load_grid(grid).runs(out, "tools")
+    assert [r.method for r in runs] == ["supervised", "self_training", "control"]
+    summary = GridRunner(runs, out, fake_python, jobs=3).run()
+    assert sorted(summary.done) == sorted(r.name for r in runs)
+    calls = {c["run"]: c for c in invocations(tmp_path)}
+    student, control = runs[1].name, runs[2].name
+    teacher = os.path.join(out, student, "teacher", "model_final.pth")
+    assert calls[control]["tool"] == "train_net.py"
+    assert calls[control]["args"] == runs[2].command("PY")[2:]
+    assert os.path.getmtime(teacher) <= calls[control]["start"]
+    assert calls[control]["start"] < float(open(os.path.join(out, student, "end")).read())
+    assert read_status(out)[control]["state"] == "done"
+
+
+def test_control_waits_for_its_reused_teacher_and_restarts_like_any_run(
+    make_grid, base_configs, fake_python, tmp_path, monkeypatch
+):
+    grid = control_grid(make_grid, base_configs, "self_training_from_teacher", reuse_teacher=True)
+    out = str(tmp_path / "out")
+    runs = load_grid(grid).runs(out, "tools")
+    supervised, student, control = (r.name for r in runs)
+    # No model from the teacher's run: neither the student nor the control starts.
+    summary = GridRunner(runs, out, fake_python).run()
+    assert summary.done == [supervised] and summary.failed == [student, control]
+    error = read_status(out)[control]["error"]
+    assert error.startswith("not started") and f"the teacher, from run {supervised}" in error
+    open(os.path.join(out, supervised, "model_final.pth"), "w").close()
+    # An interrupted control continues with --resume, as a train_net run.
+    os.makedirs(os.path.join(out, control))
+    open(os.path.join(out, control, "last_checkpoint"), "w").close()
+    buf = io.StringIO()
+    assert dry_run(runs, "PY", out=buf) == 2
+    assert buf.getvalue().splitlines()[1] == runs[2].shell_command("PY", resume=True)
+    summary = GridRunner(runs, out, fake_python).run()
+    assert summary.done == [student, control] and summary.skipped == [supervised]
+    assert "--resume" in invocations(tmp_path)[-1]["args"]
+    assert {s["state"] for s in read_status(out).values()} == {"done"}
+    assert GridRunner(runs, out, fake_python).run().skipped == [supervised, student, control]
+
+
+def test_a_control_that_is_its_supervised_run_is_not_run(
+    make_grid, base_configs, fake_python, tmp_path
+):
+    grid = control_grid(make_grid, base_configs, "self_training")  # the same 40 steps
+    out = str(tmp_path / "out")
+    runs = load_grid(grid).runs(out, "tools")
+    assert runs[2].results_from == runs[0].name
+    buf = io.StringIO()
+    assert dry_run(runs, "PY", out=buf) == 2
+    assert buf.getvalue().splitlines() == [r.shell_command("PY") for r in runs[:2]]
+    summary = GridRunner(runs, out, fake_python).run()
+    assert summary.done == [runs[0].name, runs[1].name]
+    assert [c["run"] for c in invocations(tmp_path)] == [runs[0].name, runs[1].name]
+    assert runs[2].name not in read_status(out) and not os.path.exists(runs[2].run_dir)
+    assert is_finished(runs[2])

@@ -5,14 +5,18 @@ import json
 import os
 
 import cv2
+import numpy as np
 import pytest
 
+from ssdet.data import mini_world
 from ssdet.data.mini_world import (
+    IMAGENET_DOMAINS,
     MINI_COCO_CLASSES,
     MINI_IMAGENET_CLASSES,
     generate_mini_coco,
     generate_mini_imagenet,
     generate_mini_world,
+    images_per_class,
 )
 
 
@@ -110,12 +114,109 @@ def test_mini_imagenet_layout(world):
     assert MINI_IMAGENET_CLASSES[: len(MINI_COCO_CLASSES)] == MINI_COCO_CLASSES
     with open(os.path.join(directory, "world.json")) as f:
         options = json.load(f)["options"]
+    assert options["domain"] == "coco"
     for split, key in (("train", "train_per_class"), ("val", "val_per_class")):
         assert sorted(os.listdir(os.path.join(directory, split))) == sorted(MINI_IMAGENET_CLASSES)
+        counts = images_per_class(options[key], options["novel_fraction"])
         for name in MINI_IMAGENET_CLASSES:
             files = sorted(os.listdir(os.path.join(directory, split, name)))
-            assert len(files) == options[key]
+            assert len(files) == counts[name] >= 1
             assert cv2.imread(os.path.join(directory, split, name, files[0])) is not None
+
+
+def test_novel_classes_are_a_minority():
+    counts = images_per_class(300, 0.1)
+    novel = sum(counts[name] for name in MINI_IMAGENET_CLASSES[len(MINI_COCO_CLASSES) :])
+    assert counts["circle"] == 300 and novel / sum(counts.values()) == pytest.approx(0.1, abs=0.01)
+    # The shifted domain keeps the old balance: every class equally often.
+    assert set(images_per_class(300, IMAGENET_DOMAINS["shifted"]["novel_fraction"]).values()) == {
+        300
+    }
+
+
+def _ground_truth(directory: str, split: str) -> dict:
+    with open(os.path.join(directory, "annotations", f"instances_{split}.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("domain", ["coco", "shifted"])
+def test_mini_imagenet_ground_truth_lists_every_image_and_its_dominant_object(tmp_path, domain):
+    directory = generate_mini_imagenet(
+        str(tmp_path), train_per_class=3, val_per_class=1, domain=domain, num_workers=1
+    )
+    for split in ("train", "val"):
+        gt = _ground_truth(directory, split)
+        assert [c["name"] for c in gt["categories"]] == MINI_IMAGENET_CLASSES
+        listed = sorted(
+            f"{c}/{n}"
+            for c in MINI_IMAGENET_CLASSES
+            for n in os.listdir(f"{directory}/{split}/{c}")
+        )
+        assert sorted(im["file_name"] for im in gt["images"]) == listed
+        by_image = {im["id"]: [] for im in gt["images"]}
+        for ann in gt["annotations"]:
+            by_image[ann["image_id"]].append(ann)
+        for im in gt["images"]:
+            pixels = cv2.imread(os.path.join(directory, split, im["file_name"]))
+            assert pixels.shape[:2] == (im["height"], im["width"])
+            anns = by_image[im["id"]]
+            for ann in anns:
+                x, y, w, h = ann["bbox"]
+                assert x >= 0 and y >= 0 and x + w <= im["width"] and y + h <= im["height"]
+            # The folder's class is the image's dominant object: the largest box, near the center.
+            folder = MINI_IMAGENET_CLASSES.index(im["file_name"].split("/")[0]) + 1
+            largest = max(anns, key=lambda a: a["area"])
+            assert largest["category_id"] == folder
+            x, y, w, h = largest["bbox"]
+            assert x < im["width"] / 2 < x + w and y < im["height"] / 2 < y + h
+
+
+def test_mini_imagenet_ground_truth_boxes_are_the_drawn_objects(tmp_path, monkeypatch):
+    # On a flat background without noise, blur or clutter, every drawn pixel belongs to an
+    # object: the ground-truth boxes must hold them all, and each box must touch drawn pixels on
+    # all four sides (tight boxes).
+    background = np.float32(128.0)
+    monkeypatch.setattr(
+        mini_world,
+        "_textured_background",
+        lambda rng, h, w: np.full((h, w, 3), background, np.float32),
+    )
+    directory = generate_mini_imagenet(
+        str(tmp_path),
+        train_per_class=4,
+        val_per_class=1,
+        secondary_prob=1.0,
+        clutter_per_image=(0, 0),
+        noise_std=0.0,
+        max_blur_sigma=0.0,
+        num_workers=1,
+    )
+    gt = _ground_truth(directory, "train")
+    secondary = 0
+    for im in gt["images"]:
+        pixels = cv2.imread(os.path.join(directory, "train", im["file_name"])).astype(np.int32)
+        difference = np.abs(pixels - 128).max(axis=2)
+        # Objects contrast with what is under them; shading and JPEG soften a few edge pixels.
+        drawn, touched = difference > 40, difference > 12
+        covered = np.zeros_like(drawn)
+        anns = [a for a in gt["annotations"] if a["image_id"] == im["id"]]
+        secondary += len(anns) - 1
+        for ann in anns:
+            x, y, w, h = ann["bbox"]
+            covered[y : y + h, x : x + w] = True
+            inside = touched[y : y + h, x : x + w]
+            assert (
+                inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+            )
+        # Anti-aliased rims may stick out of a box by a pixel.
+        covered = cv2.dilate(covered.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert not (drawn & ~covered).any(), im["file_name"]
+    assert secondary > 0
+
+
+def test_unknown_domain_raises(tmp_path):
+    with pytest.raises(ValueError, match="domain"):
+        generate_mini_imagenet(str(tmp_path), train_per_class=1, val_per_class=1, domain="x")
 
 
 def test_marker_makes_second_call_a_no_op(tmp_path, capsys):

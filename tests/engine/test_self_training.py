@@ -1,8 +1,10 @@
 """Tests of the one-command self-training experiment (tools/self_train.py) on the tiny world:
-every stage end to end, the plain student checkpoint, rerun, resume, rounds and bad input."""
+every stage end to end, the plain student checkpoint, rerun, resume, rounds, the equal-compute
+control and bad input."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,9 @@ from detectron2.modeling import build_model
 
 from ssdet.data.pseudo_labels import file_sha256, read_metadata
 from ssdet.engine.defaults import load_cfg
+from ssdet.engine.pseudo_labeling import ImageListing
 from ssdet.engine.self_training import (
+    format_self_training_table,
     plan_experiment,
     run_self_training,
     self_training_argument_parser,
@@ -91,6 +95,18 @@ def test_every_stage_in_its_folder_and_the_summary(experiment):
     assert record["stages"] == list(ROUND1)
     assert record["seed"] == 0 and record["wall_time_s"] > 0
     assert record["config_file"] == EXPERIMENT
+    # Teacher and student trained 20 steps of 4 images: the teacher is the equal-compute control.
+    control = {"stage": "teacher", "steps": 20, "results": record["teacher"]}
+    assert record["control"] == {
+        **control,
+        "why": "same schedule",
+        "differs_from_student": {},
+        "rounds": [control],
+    }
+    log = open(os.path.join(output_dir, "log.txt")).read().splitlines()
+    assert log[-1].endswith(
+        "equal-compute control: the teacher (same schedule: 20 steps of 4 images, as the student)"
+    )
     for results in (record["teacher"], record["results"]):
         box = results["mini_coco_val"]["bbox"]
         assert set(box) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
@@ -103,9 +119,11 @@ def test_every_stage_in_its_folder_and_the_summary(experiment):
     assert metadata["teacher"]["weights_sha256"] == file_sha256(
         os.path.join(output_dir, "teacher", "model_final.pth")
     )
-    assert metadata["listing"]["size"] == 84
+    unlabeled = len(ImageListing.from_input("mini_imagenet_train"))
+    assert metadata["listing"]["size"] == unlabeled
     counts = record["pseudo_labels"][0]
-    assert counts["images"] == 84 and 0 < counts["boxes"] <= 10 * counts["images_with_boxes"]
+    assert counts["images"] == unlabeled
+    assert 0 < counts["boxes"] <= 10 * counts["images_with_boxes"]
     student_cfg = load_cfg(os.path.join(output_dir, "round1", "student", "config.yaml"))
     assert student_cfg.SSDET.PSEUDO_LABELS.STORE == store
     assert student_cfg.MODEL.WEIGHTS == ""
@@ -150,6 +168,12 @@ def test_rerun_skips_every_finished_stage(experiment):
     assert "Starting training" not in proc.stdout + proc.stderr
     assert mtimes(output_dir) == before
     assert "| teacher |" in proc.stdout and "| student (round 1) |" in proc.stdout
+    assert "| control (teacher, 20 steps) |" in proc.stdout
+    # The teacher is the control: the student's two differences are one.
+    differences = re.search(
+        r"student - teacher: (\S+) AP, student - control: (\S+) AP", proc.stdout
+    )
+    assert differences and differences[1] == differences[2]
     again = read_json(os.path.join(output_dir, "final_metrics.json"))
     assert again == record, "the summary of a finished experiment changed"
 
@@ -251,6 +275,7 @@ def test_stage_of_another_setup_is_refused(experiment, tmp_path, opts, message):
         ),
         (["SSDET.EXPERIMENT.TEACHER_WEIGHTS", "/no/such.pth"], "TEACHER_WEIGHTS .* not found"),
         (["SSDET.EXPERIMENT.STUDENT_INIT", "imagenet"], "valid: config, teacher"),
+        (["SSDET.EXPERIMENT.CONTROL", "teacher"], "CONTROL 'teacher'; valid: auto, none"),
         (["SSDET.EXPERIMENT.TEACHER_OPTS", "['SOLVER.MAX_ITER']"], "KEY VALUE pairs"),
         (["SSDET.EXPERIMENT.TEACHER_OPTS", "['NO.SUCH_KEY', 1]"], "Bad config"),
     ],
@@ -319,3 +344,161 @@ def test_student_from_a_pretrained_teacher_is_not_initialized_twice(tiny_world, 
         check_init_config(cfg)
         if k:
             assert label.weights.endswith(os.path.join("round1", "student", "model_final.pth"))
+
+
+def test_the_teacher_of_the_students_schedule_is_the_control(tiny_world):
+    """Teacher and student train 20 steps of 4 images: no control stage, in every round."""
+    plan = plan_experiment(EXPERIMENT, ["OUTPUT_DIR", "output/x"], rounds=2)
+    assert [stage.name for stage in plan.stages] == [
+        "teacher",
+        *(f"round{k}/{part}" for k in (1, 2) for part in ("pseudo_labels", "student")),
+    ]
+    assert plan.controls == (plan.teacher, plan.teacher)
+    assert plan.control_why == "same schedule"
+    assert plan.control_differences() == {}
+    # Another policy for the teacher alone keeps it the control, named as a difference: the
+    # student - control difference then includes the policy's effect.
+    teacher_opts = "['SOLVER.BASE_LR', 0.02, 'SOLVER.MAX_ITER', 20, 'SSDET.AUGMENT.POLICY', 'S4']"
+    opts = ["OUTPUT_DIR", "output/x", "SSDET.EXPERIMENT.TEACHER_OPTS", teacher_opts]
+    plan = plan_experiment(EXPERIMENT, opts)
+    assert plan.controls == (plan.teacher,)
+    assert plan.control_differences() == {"SSDET.AUGMENT.POLICY": ["S4", "S1"]}
+
+
+def test_a_longer_student_gets_a_control_stage_of_its_steps(tiny_world, tmp_path):
+    """The teacher's config (with its TEACHER_OPTS) for the student's 40 steps, once for all
+    rounds, after the last student."""
+    opts = ["OUTPUT_DIR", str(tmp_path / "x"), "SOLVER.MAX_ITER", "40", "SEED", "3"]
+    plan = plan_experiment(EXPERIMENT, opts, rounds=2)
+    names = [stage.name for stage in plan.stages]
+    assert names == [
+        "teacher",
+        *(f"round{k}/{part}" for k in (1, 2) for part in ("pseudo_labels", "student")),
+        "control",
+    ]
+    control = plan.stages[-1]
+    assert plan.controls == (control, control)
+    assert (control.kind, control.output_dir) == ("train", os.path.join(plan.output_dir, "control"))
+    assert control.config_file == plan.teacher.config_file
+    assert "20 steps of 4 images, the student 40 of 4" in plan.control_why
+    cfg, teacher = control.load_cfg(), plan.teacher.load_cfg()
+    assert (cfg.SOLVER.MAX_ITER, teacher.SOLVER.MAX_ITER) == (40, 20)
+    assert cfg.OUTPUT_DIR == control.output_dir
+    assert cfg.SEED == 3 and not cfg.SSDET.PSEUDO_LABELS.STORE
+    # Only the schedule's length is the student's: the rest (learning rate, warmup, LR steps,
+    # images per step) is the teacher's, unscaled.
+    cfg.SOLVER.MAX_ITER, cfg.OUTPUT_DIR = teacher.SOLVER.MAX_ITER, teacher.OUTPUT_DIR
+    assert cfg == teacher
+    assert plan.control_differences() == {}
+
+    # A given teacher was not trained here: a control stage even for the same schedule.
+    weights = tmp_path / "teacher.pth"
+    torch.save({"model": {}}, weights)
+    plan = plan_experiment(
+        EXPERIMENT, [*opts[:2], "SSDET.EXPERIMENT.TEACHER_WEIGHTS", str(weights)]
+    )
+    assert [stage.name for stage in plan.stages][-1] == "control"
+    assert plan.controls[0].load_cfg().SOLVER.MAX_ITER == 20
+    assert "TEACHER_WEIGHTS" in plan.control_why
+
+
+def test_a_student_from_its_teacher_is_compared_with_the_teachers_continuation(tiny_world):
+    """STUDENT_INIT teacher: per round, the student's config with no pseudo labels, from the
+    weights the student starts from, right after that student."""
+    opts = ["OUTPUT_DIR", "output/x", "SSDET.EXPERIMENT.STUDENT_INIT", "teacher"]
+    plan = plan_experiment(EXPERIMENT, [*opts, "SOLVER.MAX_ITER", "40"], rounds=2)
+    assert [stage.name for stage in plan.stages] == [
+        "teacher",
+        *(f"round{k}/{p}" for k in (1, 2) for p in ("pseudo_labels", "student", "continuation")),
+    ]
+    for (label, student), continuation in zip(plan.rounds, plan.controls, strict=True):
+        cfg, student_cfg = continuation.load_cfg(), student.load_cfg()
+        assert continuation.kind == "train" and continuation.config_file == EXPERIMENT
+        assert cfg.SSDET.PSEUDO_LABELS.STORE == "" and student_cfg.SSDET.PSEUDO_LABELS.STORE
+        assert cfg.MODEL.WEIGHTS == student_cfg.MODEL.WEIGHTS == label.weights
+        assert (cfg.SSDET.INIT, cfg.SSDET.INIT_WEIGHTS) == ("RAND", "")
+        check_init_config(cfg)
+        assert cfg.SOLVER == student_cfg.SOLVER and cfg.SOLVER.MAX_ITER == 40
+        # The config's noise keys are the student's; the store-less Trainer does not add noise.
+        assert cfg.SSDET.NOISE == student_cfg.SSDET.NOISE
+    assert plan.rounds[1][0].weights == os.path.join(
+        plan.rounds[0][1].output_dir, "model_final.pth"
+    )
+    assert plan.control_differences() == {}
+    assert "STUDENT_INIT teacher" in plan.control_why
+
+
+@pytest.mark.parametrize("student_init", ["config", "teacher"])
+def test_control_none_plans_no_control(tiny_world, student_init):
+    opts = ["OUTPUT_DIR", "output/x", "SSDET.EXPERIMENT.STUDENT_INIT", student_init]
+    opts += ["SOLVER.MAX_ITER", "40", "SSDET.EXPERIMENT.CONTROL", "none"]
+    plan = plan_experiment(EXPERIMENT, opts)
+    assert [stage.name for stage in plan.stages] == list(ROUND1)
+    assert plan.controls == () and plan.control_differences() == {}
+
+
+def test_the_table_has_the_control_row_and_both_differences():
+    def results(ap):
+        return {"mini_coco_val": {"bbox": {"AP": ap, "AP50": 2 * ap}}}
+
+    teacher, rounds = results(10.0), [results(12.0), results(13.5)]
+    control = {
+        "stage": "control",
+        "steps": 40,
+        "results": results(11.0),
+        "rounds": [{"stage": "control", "steps": 40, "results": results(11.0)}] * 2,
+    }
+    table = format_self_training_table(teacher, rounds, control)
+    assert table.count("| control (control, 40 steps) | 11.0 | 22.0 |") == 1
+    assert table.endswith("student - teacher: +3.5 AP, student - control: +2.5 AP")
+    table = format_self_training_table(teacher, rounds, None)
+    assert "| control" not in table
+    assert table.endswith("student - teacher: +3.5 AP, no equal-compute control")
+
+
+def test_continuation_trains_after_the_student_and_is_skipped_when_finished(experiment, tmp_path):
+    """STUDENT_INIT teacher end to end: round1/continuation, a supervised run of the student's
+    20 steps from the teacher's weights, runs after the student; a rerun skips it."""
+    output_dir = copy_experiment(experiment, tmp_path)
+    shutil.rmtree(os.path.join(output_dir, "round1", "student"))
+    upstream = [name for name in STAGE_OUTPUTS if not name.startswith("round1/student")]
+    before = mtimes(output_dir, upstream)
+    record = self_train(output_dir, "SSDET.EXPERIMENT.STUDENT_INIT", "teacher")
+    assert mtimes(output_dir, upstream) == before, "the teacher or the labeling ran again"
+    assert record["stages"] == [*ROUND1, "round1/continuation"]
+
+    continuation = os.path.join(output_dir, "round1", "continuation")
+    cfg = load_cfg(os.path.join(continuation, "config.yaml"))
+    assert cfg.SSDET.PSEUDO_LABELS.STORE == ""
+    assert cfg.MODEL.WEIGHTS == os.path.join(output_dir, "teacher", "model_final.pth")
+
+    def iterations(stage):
+        records = [json.loads(line) for line in open(os.path.join(stage, "metrics.json"))]
+        return records, max(r["iteration"] for r in records if "iteration" in r)
+
+    metrics, steps = iterations(continuation)
+    assert not any("loss_pseudo" in r for r in metrics)
+    assert steps == iterations(os.path.join(output_dir, "round1", "student"))[1]
+    assert (
+        "Starting training from iteration 0" in open(os.path.join(continuation, "log.txt")).read()
+    )
+    done = mtimes(
+        output_dir, ["round1/student/final_metrics.json", "round1/continuation/final_metrics.json"]
+    )
+    assert (
+        done["round1/student/final_metrics.json"] <= done["round1/continuation/final_metrics.json"]
+    )
+
+    results = read_json(os.path.join(continuation, "final_metrics.json"))["results"]
+    assert record["control"]["stage"] == "round1/continuation"
+    assert (record["control"]["steps"], record["control"]["results"]) == (20, results)
+    assert record["control"]["differs_from_student"] == {}
+    log = open(os.path.join(output_dir, "log.txt")).read()
+    assert "equal-compute control: stage round1/continuation, one per round, not the teacher" in log
+
+    finished = mtimes(output_dir, ["round1/continuation/final_metrics.json"])
+    assert (
+        self_train(output_dir, "SSDET.EXPERIMENT.STUDENT_INIT", "teacher")["control"]
+        == (record["control"])
+    )
+    assert mtimes(output_dir, ["round1/continuation/final_metrics.json"]) == finished
