@@ -704,7 +704,7 @@ class _ImagenetStyle:
 IMAGENET_DOMAINS: dict[str, dict[str, Any]] = {
     "coco": {
         "image_size": 160,
-        "object_size": (0.3, 0.7),
+        "object_size": (0.25, 0.6),
         "max_stretch": 1.25,
         "secondary_prob": 0.3,
         "secondary_size": (0.15, 0.4),

@@ -1,4 +1,9 @@
+import argparse
+
+import torch
+
 from ssdet.engine import format_ap_table
+from ssdet.engine.defaults import launch_url, share_cpu_cores
 
 
 def test_ap_table_rows_and_columns():
@@ -18,3 +23,32 @@ def test_ap_table_rows_and_columns():
     assert table[0] == "| dataset | AP | AP50 | AP75 | APs | APm | APl |"
     assert table[2] == "| mini_coco_val | 41.2 | 70.0 | 40.0 | 20.0 | 45.5 | nan |"
     assert format_ap_table(res["mini_coco_val"]).splitlines()[2].startswith("|  | 41.2")
+
+
+def test_launch_url_is_a_free_port_on_one_machine():
+    def args(**kw):
+        base = dict(num_gpus=2, num_machines=1, dist_url="tcp://127.0.0.1:50000")
+        return argparse.Namespace(**{**base, **kw})
+
+    # Two multi-process runs on one machine would collide on Detectron2's fixed per-user port.
+    assert launch_url(args()) == "auto"
+    assert launch_url(args(num_machines=2)) == "tcp://127.0.0.1:50000"
+    assert launch_url(args(num_gpus=1)) == "tcp://127.0.0.1:50000"
+
+
+def test_share_cpu_cores_splits_threads_once(monkeypatch):
+    from detectron2.utils import comm
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(comm, "get_local_size", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    try:
+        share_cpu_cores("cpu")
+        assert torch.get_num_threads() == 2
+        share_cpu_cores("cpu")  # a second call (labeling after training) changes nothing
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        share_cpu_cores("cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -91,3 +91,17 @@ def test_bad_input_is_a_message(tiny_world, tmp_path, args, message):
 def test_missing_config_file(tmp_path):
     proc = train_net("--config", str(tmp_path / "nope.yaml"))
     assert proc.returncode != 0 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_two_cpu_processes_train_on_gloo(tiny_world, tmp_path):
+    # Detectron2 wraps the model in DistributedDataParallel with device_ids=[rank], which only
+    # GPU modules accept; ssdet's CPU processes train under gloo with the batch split between them.
+    out = str(tmp_path / "ddp")
+    proc = train_net(
+        "--config", INSTANT, "--num-gpus", "2", "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", out
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = open(os.path.join(out, "log.txt")).read()
+    assert "World size: 2" in log
+    metrics = json.load(open(os.path.join(out, "final_metrics.json")))
+    assert metrics["results"]["mini_coco_val"]["bbox"].keys() >= {"AP"}
