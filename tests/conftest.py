@@ -20,6 +20,15 @@ os.environ["SSDET_CACHE_DIR"] = os.path.join(_ROOT, "cache")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tiny_imagenet_counts(split: str) -> list[int]:
+    """Images per class of the tiny world's mini-ImageNet ``split`` ("train" or "val"), in class
+    order: the generator gives the novel classes fewer images (their share of all images)."""
+    from ssdet.data.mini_world import _TINY_IMAGENET, IMAGENET_DOMAINS, images_per_class
+
+    per_class = _TINY_IMAGENET[f"{split}_per_class"]
+    return list(images_per_class(per_class, IMAGENET_DOMAINS["coco"]["novel_fraction"]).values())
+
+
 @pytest.fixture(scope="session")
 def tiny_world() -> str:
     """The datasets root, with the tiny mini world generated in it (once per session)."""

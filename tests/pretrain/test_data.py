@@ -17,6 +17,8 @@ from ssdet.pretrain import (
 )
 from ssdet.utils.errors import InputError
 
+from ..conftest import tiny_imagenet_counts
+
 
 def pretrain_cfg(dataset: str, val_dataset: str = "", image_size: int = 32):
     cfg = get_cfg()
@@ -43,7 +45,8 @@ def test_registered_dataset_and_its_val_split(tiny_world, name):
     assert len(splits.class_names) == 14
     assert splits.train.root.endswith(os.path.join("mini_imagenet", "train"))
     assert splits.val.root.endswith(os.path.join("mini_imagenet", "val"))
-    assert len(splits.train) == 14 * 6 and len(splits.val) == 14 * 2
+    assert len(splits.train) == sum(tiny_imagenet_counts("train"))
+    assert len(splits.val) == sum(tiny_imagenet_counts("val"))
 
 
 def test_folder_with_train_and_val(tmp_path):

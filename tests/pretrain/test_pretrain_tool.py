@@ -19,7 +19,7 @@ from ssdet.modeling.backbone import build_ssdet_resnet_backbone
 from ssdet.modeling.init import init_backbone
 from ssdet.utils.errors import InputError
 
-from ..conftest import REPO
+from ..conftest import REPO, tiny_imagenet_counts
 
 INSTANT = os.path.join(REPO, "configs", "pretrain", "pretrain_instant_test.yaml")
 DETECTOR = os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml")
@@ -108,10 +108,14 @@ def test_supervised_metrics_record(supervised_run):
     out, results = supervised_run
     record = json.load(open(os.path.join(out, "pretrain_metrics.json")))
     assert record["method"] == "supervised" and record["dataset"] == "mini_imagenet"
-    assert record["num_classes"] == 14 and record["num_val_images"] == 28
+    assert record["num_classes"] == 14 and record["num_val_images"] == sum(
+        tiny_imagenet_counts("val")
+    )
     assert 0.0 <= record["top1"] <= 100.0 and record["top1"] == round(results["top1"], 2)
-    assert record["chance_top1"] == pytest.approx(100 / 14, abs=0.01)
-    assert record["epochs"] == pytest.approx(4 * 8 / 84, abs=0.01)
+    # Chance is the majority class's share of the val images.
+    val = tiny_imagenet_counts("val")
+    assert record["chance_top1"] == pytest.approx(100 * max(val) / sum(val), abs=0.01)
+    assert record["epochs"] == pytest.approx(4 * 8 / sum(tiny_imagenet_counts("train")), abs=0.01)
     assert record["seed"] == 0 and record["wall_time_s"] > 0
     assert os.path.isfile(os.path.join(out, "config.yaml"))
     # Detectron2's metrics: the training loss and top-1 after every evaluation period.
@@ -133,8 +137,11 @@ def test_simclr_run_and_linear_probe(simclr_run):
     detector_backbone().load_state_dict(checkpoint["model"], strict=True)
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
     assert any("total_loss" in r for r in rows)
-    # The probe is fitted on the first 4 of the 6 train images of each of the 14 classes.
-    assert "Linear probe on 56 train / 28 val images" in open(os.path.join(out, "log.txt")).read()
+    # The probe is fitted on the first 4 train images of each class (all of a class with fewer).
+    num_probe = sum(min(4, n) for n in tiny_imagenet_counts("train"))
+    num_val = sum(tiny_imagenet_counts("val"))
+    log = open(os.path.join(out, "log.txt")).read()
+    assert f"Linear probe on {num_probe} train / {num_val} val images" in log
 
 
 def test_interrupted_run_resumes(tiny_world, tmp_path):
