@@ -10,14 +10,17 @@ from ssdet.engine.defaults import (
 from ssdet.engine.self_training import run_self_training, train_or_evaluate
 from ssdet.engine.student import (
     AMPStudentTrainer,
+    CPUAutocastStudentTrainer,
     PseudoLossWeighting,
     SimpleStudentTrainer,
     StudentTrainer,
 )
-from ssdet.engine.trainer import Trainer
+from ssdet.engine.trainer import CPUAutocastTrainer, Trainer
 
 __all__ = [
     "AMPStudentTrainer",
+    "CPUAutocastStudentTrainer",
+    "CPUAutocastTrainer",
     "PseudoLossWeighting",
     "SimpleStudentTrainer",
     "StudentTrainer",

@@ -48,7 +48,7 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ssdet.data.joint import JointBatch, add_classification_batches
 from ssdet.data.mixed import MixedBatch, build_mixed_train_loader
-from ssdet.engine.trainer import Trainer
+from ssdet.engine.trainer import Trainer, uses_cpu_autocast
 from ssdet.modeling.noise import add_student_noise
 from ssdet.utils.errors import InputError
 
@@ -463,6 +463,15 @@ class AMPStudentTrainer(SimpleStudentTrainer, AMPTrainer):
         self.grad_scaler.update()
 
 
+class CPUAutocastStudentTrainer(SimpleStudentTrainer):
+    """The student's step with its forwards in bfloat16 autocast on the CPU (no loss scaling:
+    bfloat16 has float32's exponent range); see :func:`~ssdet.engine.trainer.uses_cpu_autocast`.
+    """
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
 class StudentTrainer(Trainer):
     """The student's ``DefaultTrainer``: mixed batches, the student step, the student noise.
 
@@ -481,7 +490,11 @@ class StudentTrainer(Trainer):
             raise InputError("TEST.PRECISE_BN is not supported by the student; disable it.")
         loss_weighting = PseudoLossWeighting(cfg)  # validate the config before building anything
         super().__init__(cfg)
-        trainer_class = AMPStudentTrainer if cfg.SOLVER.AMP.ENABLED else SimpleStudentTrainer
+        trainer_class = SimpleStudentTrainer
+        if uses_cpu_autocast(cfg):
+            trainer_class = CPUAutocastStudentTrainer
+        elif cfg.SOLVER.AMP.ENABLED:
+            trainer_class = AMPStudentTrainer
         # DefaultTrainer builds a SimpleTrainer/AMPTrainer from the model, loader and optimizer;
         # the student step replaces it around the same three.
         self._trainer = trainer_class(

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ssdet.data.mixed import MixedBatch
 from ssdet.engine.student import (
     AMPStudentTrainer,
+    CPUAutocastStudentTrainer,
     PseudoLossWeighting,
     SimpleStudentTrainer,
     StudentTrainer,
@@ -205,6 +206,28 @@ def test_amp_step_composes_with_the_grad_scaler(monkeypatch):
         run(trainer, 2, storage)
         assert storage.latest()["loss_pseudo"][0] > 0
     assert {"grad_scaler", "loss_weighting", "optimizer"} <= set(trainer.state_dict())
+
+
+class MatmulToyDetector(ToyDetector):
+    """ToyDetector through a matmul, which autocast runs in its low precision: records the dtype."""
+
+    def forward(self, images: list[dict]) -> dict[str, torch.Tensor]:
+        x = torch.stack([d["x"] for d in images])
+        scores = x @ self.w.unsqueeze(1)
+        self.dtypes = [*getattr(self, "dtypes", []), scores.dtype]
+        return {"loss_cls": scores.float().sum(), "loss_box_reg": self.w.pow(2).sum()}
+
+
+def test_cpu_autocast_step_runs_forwards_in_bfloat16_and_updates_float32_weights():
+    trainer = toy_trainer(CPUAutocastStudentTrainer)
+    trainer.model = MatmulToyDetector()
+    trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.1)
+    with EventStorage() as storage:
+        run(trainer, 1, storage)
+    # One step, two forwards (human and pseudo part), both in bfloat16.
+    assert trainer.model.dtypes == [torch.bfloat16, torch.bfloat16]
+    assert trainer.model.w.dtype == torch.float32
+    assert not torch.equal(trainer.model.w.detach(), torch.tensor([1.0, 2.0]))
 
 
 def _ddp_worker(output_dir: str) -> None:
