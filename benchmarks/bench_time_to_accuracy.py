@@ -3,7 +3,8 @@
 training step's time goes.
 
     python benchmarks/bench_time_to_accuracy.py [--config CFG] [--eval-period 150]
-        [--profile-steps 30] [--label before] [--output FILE] [--quick] [KEY VALUE ...]
+        [--num-gpus 2] [--profile-steps 30] [--label before] [--output FILE] [--quick]
+        [KEY VALUE ...]
 
 Meant to run alone on the machine (its 2 CPU cores), with the torch threads the tools get.
 
@@ -155,6 +156,8 @@ def run_curve(args: argparse.Namespace, max_iter: int, run_dir: str) -> dict:
         TRAIN_NET,
         "--config",
         args.config,
+        "--num-gpus",
+        str(args.num_gpus),
         *args.opts,
         "TEST.EVAL_PERIOD",
         str(args.eval_period),
@@ -222,6 +225,7 @@ def profile_steps(args: argparse.Namespace, output_dir: str) -> dict:
     """Part 2: the run's Trainer, stepped by hand; seconds per step of each phase."""
     from ssdet.engine import Trainer
     from ssdet.engine.defaults import load_cfg
+    from ssdet.engine.trainer import uses_cpu_autocast
 
     # setup_cfg's config and seed, without default_setup's logging and config dump.
     cfg = load_cfg(args.config, [*args.opts, "OUTPUT_DIR", output_dir])
@@ -235,12 +239,17 @@ def profile_steps(args: argparse.Namespace, output_dir: str) -> dict:
     warnings_only = logging.StreamHandler()
     warnings_only.setLevel(logging.WARNING)
     d2_logger.addHandler(warnings_only)
+    if args.num_gpus > 1 and cfg.MODEL.DEVICE == "cpu":
+        # One of the curve's processes: its share of the cores (ssdet.engine.defaults).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.num_gpus))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     model, optimizer = trainer.model, trainer.optimizer
     model.train()
     data_iter = iter(trainer.data_loader)
     device = cfg.MODEL.DEVICE
+    # The forward as the run's step has it: bfloat16 autocast with SOLVER.AMP on the CPU.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_cpu_autocast(cfg))
     phases = {"data": [], "forward": [], "backward": [], "optimizer": [], "step_total": []}
     with EventStorage(0) as storage:
         for step in range(PROFILE_WARMUP_STEPS + args.profile_steps):
@@ -249,7 +258,8 @@ def profile_steps(args: argparse.Namespace, output_dir: str) -> dict:
             t0 = time.perf_counter()
             data = next(data_iter)
             t1 = time.perf_counter()
-            losses = sum(model(data).values())
+            with autocast:
+                losses = sum(model(data).values())
             _sync(device)
             t2 = time.perf_counter()
             optimizer.zero_grad()
@@ -347,6 +357,13 @@ def main() -> int:
     parser.add_argument(
         "--tolerance-ap", type=float, default=1.0, help="AP points below the final AP that count"
     )
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="processes of the curve's run (train_net's --num-gpus; on a CPU machine 1-thread "
+        "gloo processes); the step breakdown is one process with its share of the threads",
+    )
     parser.add_argument("--run-dir", help="keep the curve run's OUTPUT_DIR here (default: temp)")
     parser.add_argument(
         "--quick", action="store_true", help="instant-test config on a tiny world, 5 steps"
@@ -404,6 +421,7 @@ def main() -> int:
         "quick": args.quick,
         "eval_period": args.eval_period,
         "max_iter": cfg.SOLVER.MAX_ITER,
+        "num_processes": args.num_gpus,
         "profile_steps": args.profile_steps,
         "profile_warmup_steps": PROFILE_WARMUP_STEPS,
         **curve,

@@ -29,6 +29,16 @@ def tiny_imagenet_counts(split: str) -> list[int]:
     return list(images_per_class(per_class, IMAGENET_DOMAINS["coco"]["novel_fraction"]).values())
 
 
+class RunsCommand:
+    """Unpickling it runs a shell command: what a hostile checkpoint holds."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 @pytest.fixture(scope="session")
 def tiny_world() -> str:
     """The datasets root, with the tiny mini world generated in it (once per session)."""

@@ -63,4 +63,4 @@ def parse_args(argv: list[str] | None = None):
 
 if __name__ == "__main__":
     args = parse_args()
-    run_tool(main, args)
+    run_tool(main, args, lock_output_dir=True)

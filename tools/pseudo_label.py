@@ -10,6 +10,7 @@ The store is DIR/store (train a student with SSDET.PSEUDO_LABELS.STORE DIR/store
 the student's filter is DIR/report.{json,png}. See ssdet/engine/pseudo_labeling.py.
 """
 
+import contextlib
 import sys
 
 from detectron2.utils import comm
@@ -23,6 +24,10 @@ from ssdet.engine.pseudo_labeling import (
     prepare_labeling,
 )
 from ssdet.utils.errors import InputError
+from ssdet.utils.lock import output_dir_lock
+
+# What to do when another run holds --output's lock.
+_LOCK_ADVICE = "Wait for it to finish, or choose another --output."
 
 
 def main(cfg, plan):
@@ -35,22 +40,31 @@ def main(cfg, plan):
 
 if __name__ == "__main__":
     args = labeling_argument_parser().parse_args()
-    # Input is checked here, in the launching process, before any worker starts: a worker's
-    # InputError would reach the user as a traceback of torch.multiprocessing.
-    try:
-        check_output_dir(args.output, args.resume)  # before setup_cfg writes config.yaml there
-        args.opts = [*args.opts, "OUTPUT_DIR", args.output]
-        cfg = setup_cfg(args)
-        plan = prepare_labeling(
-            cfg,
-            args.input,
-            args.output,
-            config_path=args.config_file,
-            resume=args.resume,
-            chunk_size=args.chunk_size,
-            batch_size=args.batch_size,
-            amp=not args.no_amp,
-        )
-    except InputError as e:
-        sys.exit(f"error: {e}")
-    run_tool(main, args, main_args=(cfg, plan))
+    with contextlib.ExitStack() as lock:
+        # Input is checked here, in the launching process, before any worker starts: a worker's
+        # InputError would reach the user as a traceback of torch.multiprocessing.
+        try:
+            if args.eval_only:  # Detectron2's common flag: labeling has nothing to evaluate
+                raise InputError(
+                    "--eval-only does not apply to pseudo-labeling: evaluate the teacher with "
+                    "tools/train_net.py --config CFG --eval-only MODEL.WEIGHTS FILE."
+                )
+            if args.machine_rank == 0:
+                # One labeling run per --output: two --resume runs would label every chunk twice.
+                lock.enter_context(output_dir_lock(args.output, _LOCK_ADVICE))
+            check_output_dir(args.output, args.resume)  # before setup_cfg writes config.yaml
+            args.opts = [*args.opts, "OUTPUT_DIR", args.output]
+            cfg = setup_cfg(args)
+            plan = prepare_labeling(
+                cfg,
+                args.input,
+                args.output,
+                config_path=args.config_file,
+                resume=args.resume,
+                chunk_size=args.chunk_size,
+                batch_size=args.batch_size,
+                amp=not args.no_amp,
+            )
+        except InputError as e:
+            sys.exit(f"error: {e}")
+        run_tool(main, args, main_args=(cfg, plan))

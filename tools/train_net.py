@@ -26,4 +26,4 @@ def main(args):
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
-    run_tool(main, args)
+    run_tool(main, args, lock_output_dir=True)

@@ -62,7 +62,8 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg = get_cfg()
     add_ssdet_config(cfg)
     if args.config:
-        cfg.merge_from_file(args.config)
+        # Plain YAML only: Detectron2's default would run Python that the file names.
+        cfg.merge_from_file(args.config, allow_unsafe=False)
     cfg.merge_from_list(args.opts)
     return cfg
 

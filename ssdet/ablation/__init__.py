@@ -4,7 +4,7 @@ fraction x method x seed, run sequentially or on a cluster, and rendered as the 
 from ssdet.ablation.collect import CellStats, RunResult, aggregate, collect_runs, read_run
 from ssdet.ablation.grid import INITS, METHODS, Grid, Method, Run, format_fraction, load_grid
 from ssdet.ablation.render import Table, build_tables, render_all
-from ssdet.ablation.runner import GridRunner, Interrupted, Summary, dry_run, grid_lock
+from ssdet.ablation.runner import GridRunner, Interrupted, Summary, dry_run
 
 __all__ = [
     "INITS",
@@ -23,7 +23,6 @@ __all__ = [
     "collect_runs",
     "dry_run",
     "format_fraction",
-    "grid_lock",
     "load_grid",
     "read_run",
     "render_all",

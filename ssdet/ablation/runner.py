@@ -10,8 +10,6 @@ run nor printed.
 """
 
 import ctypes
-import errno
-import fcntl
 import functools
 import json
 import logging
@@ -32,17 +30,21 @@ from tqdm import tqdm
 from ssdet.ablation.grid import Run
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open, atomic_write_json
+from ssdet.utils.lock import output_dir_lock
 
 logger = logging.getLogger(__name__)
 
 FINAL_METRICS = "final_metrics.json"
 STATUS_FILE = "status.json"
-LOCK_FILE = ".ablate.lock"
 RUN_LOG = "ablate.log"
 # Lines of a failed run's log kept in status.json.
 LOG_TAIL_LINES = 30
 # Seconds a stopped run gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT_S = 60
+# What to do when another runner holds the output folder's lock.
+_LOCK_ADVICE = (
+    "Wait for it to finish, or give another --output (--collect-only can run alongside it)."
+)
 
 
 class Interrupted(Exception):
@@ -139,41 +141,6 @@ def dry_run(
     if len(todo) < len(runs):
         logger.info("%d of %d runs are finished and not listed.", len(runs) - len(todo), len(runs))
     return len(todo)
-
-
-@contextmanager
-def grid_lock(output_dir: str) -> Iterator[int]:
-    """Hold ``output_dir``'s lock: one runner per output folder.
-
-    The lock is an ``flock`` on ``<output_dir>/.ablate.lock``, released by the kernel when its
-    holders exit, however they exit. The runs inherit it, so a run left running by a killed
-    runner still holds it until it stops.
-
-    Yields:
-        The lock's file descriptor.
-
-    Raises:
-        InputError: another runner holds the lock.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise InputError(
-                f"{output_dir} is in use by another ablate.py ({holder}). Wait for it to finish, "
-                "or give another --output. (--collect-only can run alongside it.)"
-            ) from e
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
-        yield fd
-    finally:
-        os.close(fd)
 
 
 @contextmanager
@@ -303,7 +270,7 @@ class GridRunner:
         summary = Summary()
         pending = list(self.runs)
         running: list[_Started] = []
-        with grid_lock(self.output_dir) as lock_fd, _stop_on_sigterm():
+        with output_dir_lock(self.output_dir, _LOCK_ADVICE) as lock_fd, _stop_on_sigterm():
             bar = tqdm(total=len(self.runs), desc="ablation runs", unit="run", dynamic_ncols=True)
             try:
                 while pending or running:

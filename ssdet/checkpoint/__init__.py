@@ -1,5 +1,14 @@
-"""Backbone checkpoints: ssdet's converted ResNet format and the converters into it."""
+"""Checkpoints: ssdet's checkpointer (safe loading, atomic saving) and its backbone format."""
 
+from ssdet.checkpoint.checkpointer import (
+    FINAL_CHECKPOINT,
+    SsdetCheckpointer,
+    SsdetCheckpointerMixin,
+    is_loadable_checkpoint,
+    load_checkpoint_file,
+    load_torch_file,
+    load_weights_pickle,
+)
 from ssdet.checkpoint.convert import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -15,15 +24,22 @@ from ssdet.checkpoint.convert import (
 )
 
 __all__ = [
+    "FINAL_CHECKPOINT",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "METHODS",
     "Conversion",
+    "SsdetCheckpointer",
+    "SsdetCheckpointerMixin",
     "check_backbone_state_dict",
     "convert_checkpoint",
     "file_sha256",
     "infer_arch",
+    "is_loadable_checkpoint",
     "load_backbone_checkpoint",
+    "load_checkpoint_file",
+    "load_torch_file",
+    "load_weights_pickle",
     "save_backbone_checkpoint",
     "torchvision_to_detectron2_key",
 ]

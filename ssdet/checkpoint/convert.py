@@ -34,9 +34,7 @@ similarity as Detectron2's ``align_and_update_state_dicts`` does for MODEL.WEIGH
 import hashlib
 import json
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +43,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 
+from ssdet.checkpoint.checkpointer import load_torch_file
 from ssdet.modeling.backbone import build_ssdet_resnet_backbone
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open
@@ -338,28 +337,14 @@ def save_backbone_checkpoint(
 
 
 def _torch_load(path: str, trust_pickle: bool = False) -> Any:
-    """``torch.load`` on the CPU, ``weights_only`` unless the caller trusts the file."""
-    if not os.path.exists(path):
-        raise InputError(f"Checkpoint {path!r} not found.")
-    if not os.path.isfile(path):
-        raise InputError(f"Checkpoint {path!r} is not a file.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as e:
-        hint = (
-            ""
-            if trust_pickle
-            else " If it is a checkpoint you trust that pickles Python objects (training "
-            "arguments, optimizer classes), convert it with --trust-pickle."
-        )
-        raise InputError(
-            f"Cannot read checkpoint {path!r} as PyTorch weights: {str(e).splitlines()[0]}.{hint}"
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, ImportError) as e:
-        raise InputError(
-            f"Cannot read checkpoint {path!r}: not a readable PyTorch file "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'})."
-        ) from e
+    """:func:`load_torch_file`, pointing at tools/convert_pretrained.py's ``--trust-pickle``."""
+    hint = (
+        ""
+        if trust_pickle
+        else " If it is a checkpoint you trust that pickles Python objects (training "
+        "arguments, optimizer classes), convert it with --trust-pickle."
+    )
+    return load_torch_file(path, trust_pickle, hint)
 
 
 def _validate_checkpoint(obj: Any, source: str) -> tuple[dict[str, Any], list[str]]:

@@ -9,6 +9,7 @@ image nor hold a Python object per file, so the listing is kept as numpy arrays 
 import hashlib
 import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,15 +77,34 @@ class ImageFolderListing(Sequence):
                     if np.array_equal(cached["fingerprint"], fingerprint) and np.array_equal(
                         cached["class_names"], names
                     ):
-                        return cached["paths"], cached["labels"]
-            except (OSError, ValueError, KeyError) as e:
-                logger.warning(f"Ignoring unreadable listing cache {cache_file}: {e}")
+                        return self._checked_cache(cached["paths"], cached["labels"])
+            # A cache is only a shortcut: a damaged one (a truncated or overwritten file: not a
+            # zip, bad CRC, missing or odd arrays) is listed again and rewritten.
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                logger.warning(
+                    f"Ignoring unreadable listing cache {cache_file} ({type(e).__name__}: {e}); "
+                    f"listing {self.root} again"
+                )
         paths, labels = self._list_files()
         try:
             with atomic_open(cache_file, "wb") as f:
                 np.savez(f, paths=paths, labels=labels, fingerprint=fingerprint, class_names=names)
         except OSError as e:  # a read-only home must not stop training
             logger.warning(f"Could not cache the listing of {self.root} in {cache_dir}: {e}")
+        return paths, labels
+
+    def _checked_cache(
+        self, paths: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The cached arrays, if they have the layout :meth:`_list_files` gives; else ValueError."""
+        if not (
+            paths.ndim == 1
+            and paths.dtype.kind == "S"
+            and labels.shape == paths.shape
+            and labels.dtype == np.int32
+            and (labels.size == 0 or 0 <= labels.min() <= labels.max() < len(self.class_names))
+        ):
+            raise ValueError("arrays of another layout than a listing's")
         return paths, labels
 
     def _list_files(self) -> tuple[np.ndarray, np.ndarray]:

@@ -1,23 +1,28 @@
 """What every ssdet tool shares: argument parsing, config setup, error reporting, results."""
 
 import argparse
+import contextlib
 import logging
 import math
 import os
+import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import ssdet
 from ssdet.config import add_ssdet_config
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_write_json
+from ssdet.utils.lock import output_dir_lock
 
 logger = logging.getLogger("ssdet")
 
@@ -53,9 +58,20 @@ def load_cfg(config_file: str, opts: list | None = None) -> CfgNode:
     cfg = get_cfg()
     add_ssdet_config(cfg)
     try:
-        cfg.merge_from_file(config_file)
+        # Detectron2's default, allow_unsafe=True, falls back to yaml.unsafe_load, which runs any
+        # Python that a config names (!!python/object/apply:os.system ...).
+        cfg.merge_from_file(config_file, allow_unsafe=False)
         cfg.merge_from_list(opts or [])
-    except (KeyError, ValueError, AssertionError) as e:
+    except yaml.constructor.ConstructorError as e:
+        raise InputError(
+            f"Refused config {config_file!r}: {_one_line(e)}. ssdet reads configs as plain YAML; "
+            "tags that build Python objects (!!python/...) are not loaded."
+        ) from e
+    except yaml.YAMLError as e:
+        raise InputError(f"Config {config_file!r} is not valid YAML: {_one_line(e)}") from e
+    # A file that is YAML but no mapping of keys (a list, a line of text) fails in yacs with
+    # AttributeError or TypeError.
+    except (KeyError, ValueError, AssertionError, AttributeError, TypeError) as e:
         raise InputError(f"Bad config {config_file!r} or command-line option: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         # The same config runs on a GPU machine and, smaller, on a laptop or CI.
@@ -63,17 +79,68 @@ def load_cfg(config_file: str, opts: list | None = None) -> CfgNode:
     return cfg
 
 
-def setup_cfg(args: argparse.Namespace) -> CfgNode:
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def setup_cfg(args: argparse.Namespace, echo: bool = True) -> CfgNode:
     """Build the frozen config of a run from ``--config`` and ``opts``, and set the run up.
 
     Detectron2's ``default_setup`` then writes the resolved config to ``OUTPUT_DIR/config.yaml``,
-    sets up logging and seeds every RNG from ``SEED`` (plus the rank).
+    sets up logging and seeds every RNG from ``SEED`` (plus the rank). It logs the environment,
+    the arguments and the config to ``OUTPUT_DIR/log.txt``, as plain text.
+
+    Args:
+        args: ``config_file`` and ``opts``, as the tools' arguments (also logged).
+        echo: also print that setup log on stdout. A stage of an experiment passes False: the
+            experiment prints the environment and its config once for all of its stages.
     """
     cfg = load_cfg(args.config_file, args.opts)
     cfg.freeze()
-    default_setup(cfg, args)
+    rank = comm.get_rank()
+    # default_setup's own setup_logger calls, made first: setup_logger caches its calls, so
+    # default_setup adds no second handler to the ones configured here before it logs.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="fvcore")
+    d2_logger = setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
+    for name in ("fvcore", "detectron2"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_plain_text)  # a no-op when already added
+    with contextlib.nullcontext() if echo else _files_only(d2_logger):
+        default_setup(cfg, args)
     share_cpu_cores(cfg.MODEL.DEVICE)
     return cfg
+
+
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _plain_text(record: logging.LogRecord) -> bool:
+    """A log filter that removes terminal colour codes from the message.
+
+    ``default_setup`` highlights the YAML it logs with pygments, so that log.txt would hold
+    the config as escape sequences.
+    """
+    message = record.getMessage()
+    if "\x1b[" in message:
+        record.msg, record.args = _TERMINAL_ESCAPE.sub("", message), None
+    return True
+
+
+@contextlib.contextmanager
+def _files_only(log: logging.Logger) -> Iterator[None]:
+    """Inside the block, ``log`` writes to its log files only, not to stdout or stderr."""
+    terminal = [h for h in log.handlers if getattr(h, "stream", None) in (sys.stdout, sys.stderr)]
+    for handler in terminal:
+        handler.addFilter(_drop)
+    try:
+        yield
+    finally:
+        for handler in terminal:
+            handler.removeFilter(_drop)
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
 
 
 def share_cpu_cores(device: str) -> None:
@@ -109,21 +176,35 @@ def launch_url(args: argparse.Namespace) -> str:
 
 
 def run_tool(
-    main: Callable[..., Any], args: argparse.Namespace, main_args: tuple | None = None
+    main: Callable[..., Any],
+    args: argparse.Namespace,
+    main_args: tuple | None = None,
+    lock_output_dir: bool = False,
 ) -> None:
     """Run ``main(*main_args)`` (default ``main(args)``) under Detectron2's ``launch``.
 
     Bad input (:class:`InputError`) exits with its message only, no stack trace.
+
+    Args:
+        main, args, main_args: the function ``launch`` runs on every rank, and its arguments.
+        lock_output_dir: hold the lock of the run's ``OUTPUT_DIR`` (from ``args.config_file`` and
+            ``args.opts``) while it runs, on the first machine: a second run on that folder
+            stops with an error naming the first one's PID (see :mod:`ssdet.utils.lock`).
     """
     try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=launch_url(args),
-            args=(args,) if main_args is None else main_args,
-        )
+        with contextlib.ExitStack() as stack:
+            if lock_output_dir and args.machine_rank == 0:
+                # Here, before launch: a worker's InputError would be a traceback.
+                output_dir = load_cfg(args.config_file, args.opts).OUTPUT_DIR or "."
+                stack.enter_context(output_dir_lock(output_dir))
+            launch(
+                main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=launch_url(args),
+                args=(args,) if main_args is None else main_args,
+            )
     except InputError as e:
         sys.exit(f"error: {e}")
 

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.utils.data as torchdata
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
@@ -49,6 +48,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from tqdm import tqdm
 
+from ssdet.checkpoint import SsdetCheckpointer, load_checkpoint_file
 from ssdet.data.build import check_num_classes, check_registered
 from ssdet.data.ground_truth import find_ground_truth
 from ssdet.data.image_folder import IMAGE_EXTENSIONS, ImageFolderListing
@@ -371,6 +371,9 @@ def _local_weights(cfg: CfgNode) -> str:
         raise InputError(f"Cannot fetch the teacher weights MODEL.WEIGHTS={weights!r}: {e}") from e
     if not os.path.isfile(local):
         raise InputError(f"Teacher weights MODEL.WEIGHTS={weights!r} not found.")
+    # Read once here, in the launching process, so that an unreadable or refused file is one error
+    # line before any worker starts (each worker reads it again into its teacher).
+    load_checkpoint_file(local)
     return local
 
 
@@ -660,7 +663,7 @@ class ShapeBatcher:
         return batch
 
 
-class _TeacherCheckpointer(DetectionCheckpointer):
+class _TeacherCheckpointer(SsdetCheckpointer):
     """Refuses a checkpoint that leaves part of the teacher randomly initialized.
 
     Detectron2 only warns about missing keys (a backbone-only checkpoint, a class-count mismatch);

@@ -37,9 +37,11 @@ supervised :class:`~ssdet.engine.Trainer` (human labels only, and without the st
 ``SSDET.NOISE``, which only :class:`~ssdet.engine.StudentTrainer` adds). A control runs after the
 last student it is compared with, so that the main result comes first.
 
-A training stage is finished when it has written ``final_metrics.json``, a labeling stage when
-its store is complete (``store/metadata.json``, written last). A rerun skips finished stages and
-resumes an interrupted one (Detectron2's ``last_checkpoint``; the labeler's resume). Each stage
+A training stage is finished when it has written ``final_metrics.json`` and its
+``model_final.pth`` loads, a labeling stage when its store is complete (``store/metadata.json``,
+written last). A rerun skips finished stages and resumes an interrupted one (Detectron2's
+``last_checkpoint``, or the newest checkpoint that loads; the labeler's resume). One experiment
+runs in a folder at a time (:func:`~ssdet.utils.lock.output_dir_lock`). Each stage
 records what it was run with in ``stage.json`` (its resolved config, less keys that do not
 change its result, and the fingerprint of its input: the teacher's weights, the pseudo labels),
 and a rerun that would reuse a stage made with anything else stops with an error instead.
@@ -70,16 +72,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
 from detectron2.utils import comm
+from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 import ssdet
+from ssdet.checkpoint import SsdetCheckpointer, is_loadable_checkpoint, load_checkpoint_file
 from ssdet.data.pseudo_labels import (
     PseudoLabelFilter,
     PseudoLabelStore,
@@ -101,6 +103,7 @@ from ssdet.engine.student import StudentTrainer
 from ssdet.engine.trainer import Trainer
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open, atomic_write_json
+from ssdet.utils.lock import output_dir_lock
 
 __all__ = [
     "CONTROLS",
@@ -202,14 +205,18 @@ class Stage:
 
     @property
     def finished(self) -> bool:
-        """Whether the stage wrote its completion marker."""
+        """Whether the stage wrote its completion marker and, when it trains, its final
+        checkpoint loads (a kill can leave a truncated one behind; the next stage reads it)."""
         if self.kind == "label":
             try:
                 read_metadata(os.path.join(self.output_dir, STORE_DIR))
             except PseudoLabelStoreError:
                 return False
             return True
-        return os.path.isfile(os.path.join(self.output_dir, FINAL_METRICS))
+        return os.path.isfile(os.path.join(self.output_dir, FINAL_METRICS)) and (
+            self.kind == "evaluate"
+            or is_loadable_checkpoint(os.path.join(self.output_dir, "model_final.pth"))
+        )
 
     def results(self) -> dict:
         """A finished training or evaluation stage's ``{dataset: {"bbox": metrics}}``."""
@@ -308,6 +315,9 @@ def _local_weights(path: str) -> str:
         ) from e
     if not os.path.isfile(local):
         raise InputError(f"Teacher checkpoint SSDET.EXPERIMENT.TEACHER_WEIGHTS {path!r} not found.")
+    # Read once while planning: an unreadable or refused file stops the experiment before
+    # anything is written.
+    load_checkpoint_file(local)
     return os.path.abspath(local)
 
 
@@ -374,8 +384,8 @@ def plan_experiment(
 
     Raises:
         InputError: a missing or bad config (the experiment's, the teacher's, any stage's), an
-            unknown unlabeled dataset, a missing teacher checkpoint, teacher and student with
-            different class counts, or no evaluation dataset.
+            unknown unlabeled dataset, a missing, unreadable or refused teacher checkpoint,
+            teacher and student with different class counts, or no evaluation dataset.
     """
     opts = list(opts or [])
     cfg = load_cfg(config_file, opts)
@@ -578,9 +588,10 @@ def _scoped_logging() -> Iterator[None]:
 def train_main(args: argparse.Namespace) -> dict:
     """Train and evaluate (or, with ``args.eval_only``, only evaluate) one detector.
 
-    ``tools/train_net.py``'s main: :class:`~ssdet.engine.StudentTrainer` when the config names a
-    pseudo-label store, else :class:`~ssdet.engine.Trainer`; ``final_metrics.json`` at the end.
-    Runs on every rank of Detectron2's ``launch``.
+    A training or evaluation stage's main, what ``tools/train_net.py`` runs:
+    :class:`~ssdet.engine.StudentTrainer` when the config names a pseudo-label store, else
+    :class:`~ssdet.engine.Trainer`; ``final_metrics.json`` at the end. Runs on every rank of
+    Detectron2's ``launch``. Its setup log goes to the stage's ``log.txt`` only.
 
     Args:
         args: ``config_file``, ``opts``, ``eval_only`` and ``resume``, as the tool's arguments.
@@ -589,7 +600,8 @@ def train_main(args: argparse.Namespace) -> dict:
         ``{dataset: {"bbox": metrics}}`` (the main process's).
     """
     started = time.time()
-    cfg = setup_cfg(args)
+    # The environment and config go to the stage's log.txt; the experiment printed them once.
+    cfg = setup_cfg(args, echo=False)
     # A launched worker starts without handlers; this process has the experiment's stdout.
     _setup_stage_logging(cfg.OUTPUT_DIR, stdout=comm.get_world_size() > 1)
     return train_or_evaluate(cfg, args, started)
@@ -608,7 +620,7 @@ def train_or_evaluate(cfg: CfgNode, args: argparse.Namespace, started: float) ->
     """
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SsdetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)
@@ -657,7 +669,7 @@ def _run_stage(stage: Stage, plan: ExperimentPlan, launch_args: argparse.Namespa
     args = _stage_args(stage, launch_args)
     if stage.kind == "label":
         # As tools/pseudo_label.py: input checked and images listed here, once per machine.
-        cfg = setup_cfg(args)
+        cfg = setup_cfg(args, echo=False)
         _setup_stage_logging(cfg.OUTPUT_DIR, stdout=False)
         labeling = prepare_labeling(
             cfg, plan.unlabeled, stage.output_dir, config_path=stage.config_file, resume=True
@@ -665,6 +677,22 @@ def _run_stage(stage: Stage, plan: ExperimentPlan, launch_args: argparse.Namespa
         _launch(_label_main, launch_args, (cfg, labeling))
     else:
         _launch(train_main, launch_args, (args,))
+
+
+def _discard_unfinished_metrics(stage: Stage) -> None:
+    """Remove the ``final_metrics.json`` of a training stage whose final checkpoint does not load.
+
+    The stage trains again from its newest checkpoint that loads (or, with nothing left to train,
+    writes its final checkpoint again); until then the old record must not mark it finished.
+    """
+    path = os.path.join(stage.output_dir, FINAL_METRICS)
+    if stage.kind == "train" and os.path.isfile(path):
+        os.remove(path)
+        logger.warning(
+            "%s: %s does not load; running the stage again from its newest checkpoint that loads",
+            stage.name,
+            os.path.join(stage.output_dir, "model_final.pth"),
+        )
 
 
 def _read_json(path: str) -> Any:
@@ -900,9 +928,7 @@ def _describe_control(plan: ExperimentPlan) -> str:
 
 def _export_student(student: Stage, path: str) -> None:
     """Write the student's weights alone: loads into Detectron2's model with plain keys."""
-    checkpoint = torch.load(
-        os.path.join(student.output_dir, "model_final.pth"), map_location="cpu", weights_only=True
-    )
+    checkpoint = load_checkpoint_file(os.path.join(student.output_dir, "model_final.pth"))
     # Drops a joint-training head, if any: the file holds the detector of the config only.
     save_detector_checkpoint(checkpoint["model"], path)
 
@@ -952,8 +978,14 @@ def _setup_experiment(plan: ExperimentPlan) -> float | None:
     """
     os.makedirs(plan.output_dir, exist_ok=True)
     setup_logger(plan.output_dir, name="ssdet", abbrev_name="ssdet")
-    with atomic_open(os.path.join(plan.output_dir, "config.yaml")) as f:
+    config_path = os.path.join(plan.output_dir, "config.yaml")
+    with atomic_open(config_path) as f:
         f.write(plan.cfg.dump())
+    # Once for the experiment, where Detectron2's default_setup would print them for every stage
+    # (the stages write theirs to their own log.txt).
+    logger.info("Environment info:\n%s", collect_env_info())
+    logger.info("Running with full config:\n%s", plan.cfg.dump())
+    logger.info("Full config saved to %s (each stage's: STAGE/config.yaml)", config_path)
     stages = [stage.name for stage in plan.stages]
     final = os.path.join(plan.output_dir, FINAL_METRICS)
     logger.info("Self-training experiment %s: stages %s", plan.output_dir, ", ".join(stages))
@@ -993,7 +1025,9 @@ def run_self_training(args: argparse.Namespace) -> dict | None:
     started = time.time()
     plan = plan_experiment(args.config_file, args.opts, getattr(args, "rounds", None))
     first_machine = args.machine_rank == 0
-    with _scoped_logging():
+    # One experiment per folder; the other machines write nothing of their own there.
+    lock = output_dir_lock(plan.output_dir) if first_machine else contextlib.nullcontext()
+    with lock, _scoped_logging():
         finished_wall_time = _setup_experiment(plan)
         pseudo_counts = []
         ran = False
@@ -1003,6 +1037,7 @@ def run_self_training(args: argparse.Namespace) -> dict | None:
                 logger.info("skipping %s: finished", stage.name)
             else:
                 _check_stage(stage, plan, write=True)
+                _discard_unfinished_metrics(stage)
                 ran = True
                 logger.info("running %s in %s", stage.name, stage.output_dir)
                 stage_started = time.time()

@@ -7,13 +7,15 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ssdet.checkpoint import SsdetCheckpointerMixin
 from ssdet.data import check_num_classes, check_registered, get_labeled_dataset_dicts
 from ssdet.data.augment import PolicyDatasetMapper
 from ssdet.data.joint import add_classification_batches
 from ssdet.engine.joint import JointTrainerMixin
+from ssdet.evaluation import FastCOCOEvaluator
 from ssdet.modeling.init import apply_backbone_init
 from ssdet.solver import build_optimizer
 
@@ -59,7 +61,7 @@ class CPUAutocastTrainer(SimpleTrainer):
             super().run_step()
 
 
-class Trainer(JointTrainerMixin, DefaultTrainer):
+class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
     """``DefaultTrainer`` with ssdet's labeled subsets, Augment-S1..S4 policies and COCO AP.
 
     With ``SSDET.JOINT.ENABLED`` it trains detection and classification jointly
@@ -68,7 +70,9 @@ class Trainer(JointTrainerMixin, DefaultTrainer):
     With ``SOLVER.AMP.ENABLED`` on a CPU device, the step runs in bfloat16 autocast
     (:class:`CPUAutocastTrainer`); on a GPU it is Detectron2's ``AMPTrainer``.
 
-    Checkpointing, the LR schedule, periodic evaluation, logging and ``launch`` are Detectron2's.
+    Checkpointing, the LR schedule, periodic evaluation, logging and ``launch`` are Detectron2's;
+    checkpoints are read and written by :class:`~ssdet.checkpoint.SsdetCheckpointer` (no code runs
+    from a checkpoint file, atomic writes).
     """
 
     def __init__(self, cfg: CfgNode):
@@ -102,7 +106,7 @@ class Trainer(JointTrainerMixin, DefaultTrainer):
         cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
     ) -> DatasetEvaluator:
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        return FastCOCOEvaluator(dataset_name, output_dir=output_folder)
 
     def train(self) -> dict | None:
         """Train, then return the final evaluation (``{dataset: {"bbox": metrics}}``).

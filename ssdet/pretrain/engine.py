@@ -20,7 +20,7 @@ from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 import ssdet
-from ssdet.checkpoint import save_backbone_checkpoint
+from ssdet.checkpoint import SsdetCheckpointerMixin, save_backbone_checkpoint
 from ssdet.pretrain.data import (
     PretrainSplits,
     build_pretrain_test_loader,
@@ -153,7 +153,7 @@ def save_pretrained_backbone(path: str, model: PretrainModel, cfg: CfgNode) -> N
     )
 
 
-class PretrainTrainer(DefaultTrainer):
+class PretrainTrainer(SsdetCheckpointerMixin, DefaultTrainer):
     """``DefaultTrainer`` for pre-training the detector's ResNet (``SSDET.PRETRAIN``).
 
     Evaluation (every ``TEST.EVAL_PERIOD`` iterations and at the end) is the method's: the
@@ -197,6 +197,7 @@ class PretrainTrainer(DefaultTrainer):
         self.checkpointer.resume_or_load("", resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
+        self.restore_final_checkpoint()
 
     def train(self) -> dict:
         """Train, evaluate, export the backbone; return the final evaluation (main process)."""

@@ -20,9 +20,10 @@ import time
 
 import pytest
 
-from ssdet.ablation import GridRunner, Interrupted, grid_lock, load_grid
+from ssdet.ablation import GridRunner, Interrupted, load_grid
 from ssdet.ablation.runner import STATUS_FILE, dry_run, is_finished, read_status
 from ssdet.utils.errors import InputError
+from ssdet.utils.lock import output_dir_lock
 
 from ..conftest import REPO
 
@@ -237,8 +238,8 @@ def test_jobs_run_side_by_side_and_a_student_waits_for_its_teacher(
 def test_one_runner_per_output_folder(small_grid, fake_python, tmp_path):
     out = str(tmp_path / "out")
     runs = load_grid(small_grid).runs(out, "tools")
-    with grid_lock(out):
-        with pytest.raises(InputError, match="in use by another ablate.py"):
+    with output_dir_lock(out):
+        with pytest.raises(InputError, match=rf"in use by another run: pid {os.getpid()} "):
             GridRunner(runs, out, fake_python).run()
     assert invocations(tmp_path) == []
     assert GridRunner(runs, out, fake_python).run().done  # released

@@ -1,3 +1,4 @@
+import logging
 import os
 
 import cv2
@@ -64,3 +65,42 @@ def test_non_ascii_names(tmp_path):
     listing = ImageFolderListing(root, cache_dir=str(tmp_path / "cache"))
     assert listing[0]["file_name"] == os.path.join(root, "café", "über.jpg")
     assert listing.relative_paths() == ["café/über.jpg"]
+
+
+def test_damaged_cache_is_listed_again_and_rewritten(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "train", {"a": 2, "b": 2})
+    cache = tmp_path / "cache"
+    ImageFolderListing(root, cache_dir=str(cache))
+    (cache_file,) = cache.iterdir()
+    good = cache_file.read_bytes()
+    with open(cache_file, "rb") as f:
+        arrays = dict(np.load(f))
+    other_layout = tmp_path / "other.npz"
+    np.savez(other_layout, **{**arrays, "labels": arrays["labels"] + 5})  # classes out of range
+    damaged = {
+        "truncated": good[: len(good) // 2],
+        "garbage": b"\x00not a zip file",
+        "bad CRC": good.replace(arrays["paths"][0], arrays["paths"][0][::-1], 1),
+        "other layout": other_layout.read_bytes(),
+    }
+    # A handler of its own: ssdet's logger does not propagate once a tool set it up.
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warnings.append
+    logging.getLogger("ssdet.data.image_folder").addHandler(handler)
+    for what, content in damaged.items():
+        cache_file.write_bytes(content)
+        listing = ImageFolderListing(root, cache_dir=str(cache))
+        assert listing.relative_paths() == [
+            "a/img_0.jpg",
+            "a/img_1.jpg",
+            "b/img_0.jpg",
+            "b/img_1.jpg",
+        ]
+        assert listing.labels.tolist() == [0, 0, 1, 1], what
+        with monkeypatch.context() as m:  # rewritten: the next listing reads it
+            m.setattr(ImageFolderListing, "_list_files", None)
+            assert len(ImageFolderListing(root, cache_dir=str(cache))) == 4, what
+    logging.getLogger("ssdet.data.image_folder").removeHandler(handler)
+    errors = [r.getMessage().split(" (")[1].split(":")[0] for r in warnings]
+    assert errors == ["BadZipFile", "ValueError", "BadZipFile", "ValueError"]

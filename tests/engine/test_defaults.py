@@ -1,9 +1,11 @@
 import argparse
 
+import pytest
 import torch
 
 from ssdet.engine import format_ap_table
-from ssdet.engine.defaults import launch_url, share_cpu_cores
+from ssdet.engine.defaults import launch_url, load_cfg, share_cpu_cores
+from ssdet.utils.errors import InputError
 
 
 def test_ap_table_rows_and_columns():
@@ -52,3 +54,24 @@ def test_share_cpu_cores_splits_threads_once(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("via_base", [False, True])
+def test_config_that_runs_code_is_refused_and_runs_nothing(tmp_path, via_base):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"SEED: !!python/object/apply:os.system ['touch {marker}']\n")
+    config = evil
+    if via_base:
+        config = tmp_path / "leaf.yaml"
+        config.write_text("_BASE_: evil.yaml\nSEED: 3\n")
+    with pytest.raises(InputError, match=r"Refused config .*python/object/apply:os\.system"):
+        load_cfg(str(config))
+    assert not marker.exists()
+
+
+def test_config_that_is_no_yaml_mapping_is_an_input_error(tmp_path):
+    for name, text in (("list.yaml", "- SEED\n- 3\n"), ("broken.yaml", "SEED: [3\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=name):
+            load_cfg(str(tmp_path / name))

@@ -303,6 +303,11 @@ def test_cli_bad_input_is_one_error_line(teacher, tmp_path):
             ["--input", "no_such_dataset", "MODEL.WEIGHTS", teacher],
             "neither a folder nor a registered dataset",
         ),
+        # Detectron2's common flag, which labeling would otherwise ignore.
+        "eval only": (
+            ["--input", "mini_imagenet_val", "--eval-only", "MODEL.WEIGHTS", teacher],
+            "--eval-only does not apply to pseudo-labeling",
+        ),
     }
     # In parallel: each run spends its few seconds importing torch and Detectron2.
     processes = {

@@ -2,6 +2,8 @@
 every stage end to end, the plain student checkpoint, rerun, resume, rounds, the equal-compute
 control and bad input."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -68,10 +70,23 @@ def mtimes(output_dir, names=STAGE_OUTPUTS) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def experiment(tiny_world, tmp_path_factory):
-    """One finished one-round experiment (teacher trained, pseudo labels, student)."""
+    """One finished one-round experiment (teacher trained, pseudo labels, student).
+
+    What it printed is in ``stdout.txt`` next to the experiment's folder (see :func:`printed`).
+    """
     output_dir = tmp_path_factory.mktemp("self_train") / "exp"
-    record = self_train(output_dir)
+    stdout = io.StringIO()
+    try:
+        # The loggers' stdout handlers are made during the run, so they write here too.
+        with contextlib.redirect_stdout(stdout):
+            record = self_train(output_dir)
+    finally:
+        (output_dir.parent / "stdout.txt").write_text(stdout.getvalue())
     return str(output_dir), record
+
+
+def printed(experiment) -> str:
+    return open(os.path.join(os.path.dirname(experiment[0]), "stdout.txt")).read()
 
 
 def copy_experiment(experiment, tmp_path) -> str:
@@ -134,6 +149,21 @@ def test_every_stage_in_its_folder_and_the_summary(experiment):
     teacher_cfg = load_cfg(os.path.join(output_dir, "teacher", "config.yaml"))
     assert teacher_cfg.SOLVER.BASE_LR == 0.02 and teacher_cfg.SOLVER.MAX_ITER == 20
     assert teacher_cfg.DATASETS.TEST == student_cfg.DATASETS.TEST
+
+
+def test_environment_and_config_are_printed_once_per_experiment(experiment):
+    output = printed(experiment)
+    assert "teacher" in output and "round1/student" in output  # every stage's lines are here
+    # Detectron2's default_setup prints them in every stage; the experiment prints them once.
+    assert output.count("Environment info:") == 1
+    assert output.count("Running with full config:") == 1
+    assert "Contents of args.config_file" not in output
+    # Each stage's log.txt still records its own environment and config, as plain text.
+    for log in [os.path.join(experiment[0], stage, "log.txt") for stage in ("", *ROUND1)]:
+        text = open(log).read()
+        assert text.count("Environment info:") == 1, log
+        assert text.count("Running with full config:") == 1, log
+        assert "\x1b[" not in text, log
 
 
 def test_final_checkpoint_loads_into_a_stock_detectron2_model(experiment):
@@ -210,6 +240,24 @@ def test_interrupted_student_resumes_from_its_last_checkpoint(experiment, tmp_pa
         read_json(os.path.join(student_dir, "final_metrics.json"))["results"] == record["results"]
     )
     assert mtimes(output_dir, upstream) == before, "the teacher or the labeling ran again"
+
+
+def test_stage_whose_final_checkpoint_does_not_load_is_not_finished(experiment, tmp_path):
+    output_dir = copy_experiment(experiment, tmp_path)
+    teacher_final = os.path.join(output_dir, "teacher", "model_final.pth")
+    written = file_sha256(teacher_final)
+    open(teacher_final, "wb").close()  # what a kill while Detectron2 wrote it in place left
+    downstream = [name for name in STAGE_OUTPUTS if not name.startswith("teacher/")]
+    before = mtimes(output_dir, downstream)
+    record = self_train(output_dir)
+    log = open(os.path.join(output_dir, "teacher", "log.txt")).read()
+    assert "names model_final.pth, which does not load: resuming from model_0000019.pth" in log
+    # Nothing was left to train: the final checkpoint is written again from the last periodic
+    # one, byte for byte, so the pseudo labels and the student made from it stay valid.
+    assert file_sha256(teacher_final) == written
+    assert mtimes(output_dir, downstream) == before
+    assert record["teacher"] == experiment[1]["teacher"]
+    assert record["results"] == experiment[1]["results"]
 
 
 def test_second_round_is_taught_by_the_first_student(experiment, tmp_path):
@@ -393,7 +441,7 @@ def test_a_longer_student_gets_a_control_stage_of_its_steps(tiny_world, tmp_path
 
     # A given teacher was not trained here: a control stage even for the same schedule.
     weights = tmp_path / "teacher.pth"
-    torch.save({"model": {}}, weights)
+    torch.save({"model": {"w": torch.zeros(1)}}, weights)
     plan = plan_experiment(
         EXPERIMENT, [*opts[:2], "SSDET.EXPERIMENT.TEACHER_WEIGHTS", str(weights)]
     )

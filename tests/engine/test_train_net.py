@@ -50,6 +50,17 @@ def test_train_and_evaluate(trained):
     assert len(losses) >= 2 and losses[-1] < losses[0], "training did not reduce the loss"
 
 
+def test_setup_is_printed_once_and_logged_as_plain_text(trained):
+    out, proc = trained
+    for stream in (proc.stdout, open(os.path.join(out, "log.txt")).read()):
+        assert stream.count("Environment info:") == 1
+        assert stream.count("Running with full config:") == 1
+    # Detectron2 highlights the config with terminal colour codes; log.txt is plain text.
+    log = open(os.path.join(out, "log.txt")).read()
+    assert "\x1b[" not in log
+    assert "SSDET:\n  AUGMENT:" in log
+
+
 def test_eval_only_reproduces_ap(trained):
     out, _ = trained
     model = os.path.join(out, "model_final.pth")
