@@ -52,7 +52,7 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.AUGMENT.PIXEL_MAGNITUDE_SCALE = 1.0
 
     # ---------------------------------------------------------------------------------------------
-    # Pseudo labels: the teacher's boxes on unlabeled images (ssdet/data/pseudo_labels.py). The
+    # Pseudo labels: the teacher's boxes on unlabeled images (ssdet/data/pseudo_labels/). The
     # teacher stores every box above LABELING_SCORE_FLOOR once; the student's filter below is
     # applied when the store is loaded, so changing it needs no second teacher pass.
     # ---------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ The mini world knows the objects in its mini-ImageNet images and writes them to 
 ``mini_imagenet/annotations/instances_{train,val}.json`` (COCO instances format, file names
 relative to the split's image folder), which :func:`~ssdet.data.datasets.register_all` records as
 the ``ground_truth_json`` metadata of ``mini_imagenet_{train,val}``. The pseudo-label report
-(:func:`~ssdet.data.pseudo_report.build_report`) then measures the teacher's precision and recall
-on them; ImageNet has no such file, and its report has no ground-truth section.
+(:func:`~ssdet.data.pseudo_labels.report.build_report`) then measures the teacher's precision and
+recall on them; ImageNet has no such file, and its report has no ground-truth section.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from detectron2.data import MetadataCatalog
 
-from ssdet.data.pseudo_labels import PseudoLabelStore
+from ssdet.data.pseudo_labels.store import PseudoLabelStore
 from ssdet.utils.errors import InputError
 
 __all__ = ["GroundTruthBoxes", "find_ground_truth", "load_ground_truth"]

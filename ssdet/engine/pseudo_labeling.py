@@ -60,7 +60,7 @@ from ssdet.data.pseudo_labels import (
     file_sha256,
     merge_shards,
 )
-from ssdet.data.pseudo_report import build_report, write_report
+from ssdet.data.pseudo_labels.report import build_report, write_report
 from ssdet.engine.defaults import argument_parser, share_cpu_cores
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open, atomic_write_json

@@ -15,7 +15,7 @@ from ssdet.data.pseudo_labels import (
     PseudoLabelShardWriter,
     merge_shards,
 )
-from ssdet.data.pseudo_report import build_report, write_report
+from ssdet.data.pseudo_labels.report import build_report, write_report
 from ssdet.utils.errors import InputError
 
 CLASSES = ["person", "car", "dog"]

@@ -22,7 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ssdet.data.ground_truth import load_ground_truth
-from ssdet.data.pseudo_labels import PseudoLabelSelection, _gather_ranges, is_almost_empty
+from ssdet.data.pseudo_labels.filter import PseudoLabelSelection, is_almost_empty
+from ssdet.data.pseudo_labels.store import gather_ranges, offsets_from_counts
 from ssdet.utils.io import atomic_open, atomic_write_json
 
 __all__ = ["GROUND_TRUTH_IOU", "PseudoLabelReport", "build_report", "write_report"]
@@ -197,17 +198,17 @@ def _ground_truth_section(
     # The objects of the store's images with ground truth, flat: those of images[p] are rows
     # gt_offsets[p]:gt_offsets[p + 1].
     gt_counts = np.array([len(o.class_names) for o in objects], dtype=np.int64)
-    gt_offsets = np.concatenate([[0], np.cumsum(gt_counts)])
+    gt_offsets = offsets_from_counts(gt_counts)
     gt_boxes = np.concatenate([o.boxes for o in objects] or [np.zeros((0, 4))])
     gt_classes = np.array(
         [class_ids.get(n, -1) for o in objects for n in o.class_names], dtype=np.int64
     )
     # The kept boxes of those images, and every (box, object) pair within an image.
     box_counts = selection.kept_boxes_per_image()[images]
-    rows = selection.box_rows[_gather_ranges(selection.box_offsets[images], box_counts)]
+    rows = selection.box_rows[gather_ranges(selection.box_offsets[images], box_counts)]
     box_image = np.repeat(np.arange(len(images)), box_counts)
     pair_boxes = np.repeat(np.arange(len(rows)), gt_counts[box_image])
-    pair_gt = _gather_ranges(gt_offsets[box_image], gt_counts[box_image])
+    pair_gt = gather_ranges(gt_offsets[box_image], gt_counts[box_image])
     classes = store.classes[rows].astype(np.int64)
     hits = _true_positives(store.boxes[rows], classes, gt_boxes, gt_classes, pair_boxes, pair_gt)
 

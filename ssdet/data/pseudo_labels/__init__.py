@@ -1,0 +1,82 @@
+"""Pseudo labels: the teacher's boxes on unlabeled images, stored for the student.
+
+The paper's teacher labels 1.28M ImageNet images once; the student then trains on COCO plus these
+pseudo boxes. The life cycle here:
+
+1. Labeling (``tools/pseudo_label.py``): each rank fills a :class:`PseudoLabelShardWriter` with
+   every detection above a low score floor (``SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR``) and writes
+   one shard file; :func:`merge_shards` joins the shards into a store, in the listing's order.
+2. Training: :meth:`PseudoLabelStore.open` memory-maps the store, :class:`PseudoLabelFilter` picks
+   boxes and images (score threshold, class balancing) as index arrays, so a threshold sweep needs
+   no second teacher pass, and :class:`PseudoLabelDataset` builds Detectron2 dataset dicts on
+   demand.
+
+The modules, one concern each:
+
+- ``store``: the on-disk format (documented there), provenance and metadata, the atomic store
+  builder, and the readers :class:`PseudoLabelStore` and :class:`ColumnReader`;
+- ``shards``: labeling's shard files and :func:`merge_shards`;
+- ``filter``: the student's filter and its :class:`PseudoLabelSelection`, the "no pseudo boxes"
+  check;
+- ``dataset``: the Detectron2 dataset of a selection and its registration;
+- ``coco``: COCO JSON export and import;
+- ``report``: statistics of a selection (JSON, plot, summary, precision against ground truth).
+  Not imported here (it needs matplotlib): import ``ssdet.data.pseudo_labels.report``.
+"""
+
+from ssdet.data.pseudo_labels.coco import (
+    export_coco_annotations,
+    export_coco_results,
+    import_coco_json,
+)
+from ssdet.data.pseudo_labels.dataset import PseudoLabelDataset, register_pseudo_label_dataset
+from ssdet.data.pseudo_labels.filter import (
+    ALMOST_EMPTY_FRACTION,
+    BALANCE_SUBSAMPLE_RULES,
+    PseudoLabelFilter,
+    PseudoLabelSelection,
+    is_almost_empty,
+    warn_if_almost_empty,
+)
+from ssdet.data.pseudo_labels.shards import (
+    SHARD_FORMAT_VERSION,
+    PseudoLabelShardWriter,
+    merge_shards,
+)
+from ssdet.data.pseudo_labels.store import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    ColumnReader,
+    LabelingProvenance,
+    PseudoLabelStore,
+    PseudoLabelStoreError,
+    file_sha256,
+    read_metadata,
+)
+
+__all__ = [
+    "ALMOST_EMPTY_FRACTION",
+    "BALANCE_SUBSAMPLE_RULES",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "SHARD_FORMAT_VERSION",
+    "ColumnReader",
+    "LabelingProvenance",
+    "PseudoLabelDataset",
+    "PseudoLabelFilter",
+    "PseudoLabelSelection",
+    "PseudoLabelShardWriter",
+    "PseudoLabelStore",
+    "PseudoLabelStoreError",
+    "export_coco_annotations",
+    "export_coco_results",
+    "file_sha256",
+    "import_coco_json",
+    "is_almost_empty",
+    "merge_shards",
+    "read_metadata",
+    "register_pseudo_label_dataset",
+    "warn_if_almost_empty",
+]

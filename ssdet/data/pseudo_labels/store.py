@@ -1,0 +1,541 @@
+"""The pseudo-label store: its on-disk format, its metadata, how it is built and how it is read.
+
+On-disk store (a directory, format version 1). Every array is a ``.npy`` file that
+``np.load(path, mmap_mode="r")`` maps without pickle. N images, M boxes:
+
+- ``image_offsets``     int64   (N+1,) boxes of image i are rows ``offsets[i]:offsets[i+1]``
+- ``image_ids``         int64   (N,)   the image's index in the input listing (COCO id if imported)
+- ``heights``/``widths`` int32  (N,)   image size in pixels, 0 when unknown
+- ``file_name_offsets`` int64   (N+1,) UTF-8 file name of image i is bytes ``[off[i]:off[i+1]]`` of
+- ``file_name_bytes``   uint8   (total name bytes,)
+- ``boxes``             float32 (M, 4) XYXY in absolute pixels
+- ``scores``            float32 (M,)   teacher scores; score-descending within each image
+- ``classes``           int16 or int32 (M,) contiguous 0-based class ids (Detectron2's)
+- ``metadata.json``     provenance and counts, written last: a directory without a valid one is
+  refused. The whole directory is built under a temporary name and renamed into place.
+
+Here: the format constants, :class:`LabelingProvenance` and the metadata, the ragged-array helpers
+the writers share (:func:`gather_ranges`, :func:`offsets_from_counts`, :func:`encode_strings`),
+:class:`StoreBuilder` (the atomic writer used by :func:`~ssdet.data.pseudo_labels.merge_shards` and
+:func:`~ssdet.data.pseudo_labels.import_coco_json`), and the readers :class:`ColumnReader` and
+:class:`PseudoLabelStore`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import mmap
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ssdet.utils.errors import InputError
+from ssdet.utils.io import atomic_write_json
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "ColumnReader",
+    "LabelingProvenance",
+    "PseudoLabelStore",
+    "PseudoLabelStoreError",
+    "StoreBuilder",
+    "build_metadata",
+    "class_dtype",
+    "decode_strings",
+    "encode_strings",
+    "file_sha256",
+    "gather_ranges",
+    "offsets_from_counts",
+    "read_metadata",
+]
+
+FORMAT_NAME = "ssdet.pseudo_labels"
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+
+# Column name -> (accepted dtypes, ndim). The reader checks every column against this.
+_COLUMNS: dict[str, tuple[tuple[type, ...], int]] = {
+    "image_offsets": ((np.int64,), 1),
+    "image_ids": ((np.int64,), 1),
+    "heights": ((np.int32,), 1),
+    "widths": ((np.int32,), 1),
+    "file_name_offsets": ((np.int64,), 1),
+    "file_name_bytes": ((np.uint8,), 1),
+    "boxes": ((np.float32,), 2),
+    "scores": ((np.float32,), 1),
+    "classes": ((np.int16, np.int32), 1),
+}
+
+
+class PseudoLabelStoreError(InputError):
+    """Raised for a directory that is not a complete pseudo-label store."""
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file (teacher weights, input listing) for the provenance."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -------------------------------------------------------------------------------------------------
+# Small array helpers
+# -------------------------------------------------------------------------------------------------
+
+
+def encode_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 encode strings into one uint8 blob and int64 offsets of shape (len + 1,)."""
+    encoded = [s.encode("utf-8") for s in strings]
+    offsets = offsets_from_counts([len(b) for b in encoded])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
+
+
+def decode_strings(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
+    """The strings of :func:`encode_strings`'s blob and offsets."""
+    data = blob.tobytes()
+    return [
+        data[a:b].decode("utf-8")
+        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+    ]
+
+
+def gather_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenate ``arange(s, s + n)`` for every (s, n) pair, vectorized.
+
+    Args:
+        starts: int (K,) first index of each range.
+        lengths: int (K,) length of each range.
+
+    Returns:
+        int64 (lengths.sum(),) the indices of all ranges, in order.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    range_starts_in_output = np.cumsum(lengths) - lengths
+    shift = np.repeat(np.asarray(starts, dtype=np.int64) - range_starts_in_output, lengths)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+def offsets_from_counts(counts: np.ndarray | Sequence[int]) -> np.ndarray:
+    """int64 (len(counts) + 1,) the offsets of consecutive groups of ``counts`` items, from 0."""
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets
+
+
+def class_dtype(num_classes: int) -> type:
+    """The dtype of the ``classes`` column: int16 when the class ids fit in it."""
+    return np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+
+
+# -------------------------------------------------------------------------------------------------
+# Provenance and metadata
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelingProvenance:
+    """What the labeling run knows about the origin of its pseudo labels (goes to metadata.json).
+
+    Attributes:
+        class_names: the teacher's class names, in contiguous class-id order.
+        teacher_config_path: the teacher's config file.
+        teacher_config_text: the resolved teacher config (``cfg.dump()``); its sha256 is stored too.
+        teacher_weights_path: the teacher's checkpoint.
+        teacher_weights_sha256: :func:`file_sha256` of the checkpoint.
+        listing_path: the file listing the unlabeled images (its entry order is the image index).
+        listing_sha256: :func:`file_sha256` of the listing.
+        listing_size: number of images in the listing; when set, :func:`merge_shards` checks that
+            every one of them was labeled or recorded as failed.
+        image_root: directory that relative file names are resolved against ("" = as stored).
+    """
+
+    class_names: list[str]
+    teacher_config_path: str = ""
+    teacher_config_text: str = ""
+    teacher_weights_path: str = ""
+    teacher_weights_sha256: str = ""
+    listing_path: str = ""
+    listing_sha256: str = ""
+    listing_size: int | None = None
+    image_root: str = ""
+
+
+def build_metadata(
+    provenance: LabelingProvenance,
+    *,
+    source: str,
+    score_floor: float,
+    num_images: int,
+    num_boxes: int,
+    failed_images: list[dict[str, Any]],
+) -> dict[str, Any]:
+    import detectron2
+
+    import ssdet
+
+    config_text = provenance.teacher_config_text
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {
+            "ssdet": ssdet.__version__,
+            "detectron2": detectron2.__version__,
+            "numpy": np.__version__,
+        },
+        "class_names": list(provenance.class_names),
+        "teacher": {
+            "config_path": provenance.teacher_config_path,
+            "config_sha256": hashlib.sha256(config_text.encode("utf-8")).hexdigest()
+            if config_text
+            else "",
+            "config_text": config_text,
+            "weights_path": provenance.teacher_weights_path,
+            "weights_sha256": provenance.teacher_weights_sha256,
+        },
+        "listing": {
+            "path": provenance.listing_path,
+            "sha256": provenance.listing_sha256,
+            "size": provenance.listing_size,
+        },
+        "image_root": provenance.image_root,
+        "score_floor": float(score_floor),
+        "counts": {
+            "images": int(num_images),
+            "boxes": int(num_boxes),
+            "failed_images": len(failed_images),
+        },
+        "failed_images": failed_images,
+    }
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a store's metadata.json.
+
+    Args:
+        path: the store directory.
+
+    Returns:
+        The metadata dict (see the module docstring and :func:`merge_shards`).
+
+    Raises:
+        PseudoLabelStoreError: when the metadata is missing, unreadable or of another format.
+    """
+    path = os.fspath(path)
+    meta_path = os.path.join(path, METADATA_FILE)
+    try:
+        with open(meta_path) as f:
+            metadata = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise PseudoLabelStoreError(
+            f"incomplete or not a pseudo-label store: {path} (cannot read {METADATA_FILE}: {e}). "
+            "A store is complete only once merge_shards/import_coco_json has finished."
+        ) from e
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise PseudoLabelStoreError(
+            f"incomplete or not a pseudo-label store: {path} ({METADATA_FILE} is not of format "
+            f"{FORMAT_NAME!r})"
+        )
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise PseudoLabelStoreError(
+            f"pseudo-label store {path} has format version {metadata.get('format_version')}; this "
+            f"ssdet reads version {FORMAT_VERSION}"
+        )
+    return metadata
+
+
+# -------------------------------------------------------------------------------------------------
+# Writing: the store builder
+# -------------------------------------------------------------------------------------------------
+
+
+class StoreBuilder:
+    """Builds a store in a temporary sibling directory and renames it into place on commit."""
+
+    def __init__(self, output_dir: str | os.PathLike, overwrite: bool):
+        self.output_dir = os.path.abspath(os.fspath(output_dir))
+        self._overwrite = overwrite
+        if os.path.exists(self.output_dir) and not overwrite:
+            raise FileExistsError(f"{self.output_dir} exists; pass overwrite=True to replace it")
+        parent, name = os.path.split(self.output_dir)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp_dir = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+        self._memmaps: list[np.memmap] = []
+
+    def __enter__(self) -> StoreBuilder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._memmaps.clear()
+        if os.path.isdir(self.tmp_dir):
+            shutil.rmtree(self.tmp_dir)
+
+    def save(self, name: str, array: np.ndarray) -> None:
+        np.save(os.path.join(self.tmp_dir, name + ".npy"), np.ascontiguousarray(array))
+
+    def column(self, name: str, shape: tuple[int, ...], dtype: type) -> np.memmap:
+        """A writable memory-mapped column, so a merge never holds the whole store in memory."""
+        array = np.lib.format.open_memmap(
+            os.path.join(self.tmp_dir, name + ".npy"), mode="w+", dtype=dtype, shape=shape
+        )
+        self._memmaps.append(array)
+        return array
+
+    def commit(self, metadata: dict[str, Any]) -> None:
+        for array in self._memmaps:
+            array.flush()
+        self._memmaps.clear()
+        for name in os.listdir(self.tmp_dir):
+            fd = os.open(os.path.join(self.tmp_dir, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        # The metadata is the commit marker inside the directory, so it is written last.
+        atomic_write_json(os.path.join(self.tmp_dir, METADATA_FILE), metadata)
+        # mkdtemp creates an owner-only directory; a store is read by other jobs and users.
+        os.chmod(self.tmp_dir, 0o755)
+        if os.path.exists(self.output_dir):
+            if not self._overwrite:
+                raise FileExistsError(f"{self.output_dir} appeared while the store was built")
+            # rename(2) cannot replace a non-empty directory: move the old store aside first.
+            # Readers see the old store, then briefly none, then the new one; never a partial one.
+            old = tempfile.mkdtemp(
+                prefix=f".{os.path.basename(self.output_dir)}.",
+                suffix=".old",
+                dir=os.path.dirname(self.output_dir),
+            )
+            os.replace(self.output_dir, os.path.join(old, "store"))
+            os.replace(self.tmp_dir, self.output_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(self.tmp_dir, self.output_dir)
+        fd = os.open(os.path.dirname(self.output_dir), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -------------------------------------------------------------------------------------------------
+# Reading
+# -------------------------------------------------------------------------------------------------
+
+
+class ColumnReader:
+    """Reads rows of a store's columns with ``pread``, without mapping them into this process.
+
+    Random access through a memory map leaves every touched page, and the kernel's fault-around
+    window of neighbouring pages, resident in the process: after an epoch of random indices each
+    DataLoader worker holds most of the store in its RSS. ``pread`` copies only the requested
+    bytes; the file's pages stay in the page cache, shared by every process and reclaimable, and
+    count in no process's memory. File descriptors are opened on first use in each process, so a
+    reader can be pickled or forked before it is used.
+
+    Args:
+        files: column name -> (path of its ``.npy`` file, byte offset of its data).
+        arrays: column name -> the (mapped) array, for dtypes and row shapes only.
+    """
+
+    def __init__(self, files: Mapping[str, tuple[str, int]], arrays: Mapping[str, np.ndarray]):
+        self._files = dict(files)
+        # Column -> (dtype, shape of one row, bytes per row).
+        self._layout = {
+            name: (a.dtype, a.shape[1:], a.dtype.itemsize * math.prod(a.shape[1:]))
+            for name, a in arrays.items()
+        }
+        self._handles: dict[str, tuple[int, int, int, np.dtype]] = {}
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": {}, "_pid": -1}
+
+    def _open(self) -> dict[str, tuple[int, int, int, np.dtype]]:
+        """Column -> (file descriptor, data offset, bytes per row, dtype), for this process."""
+        if self._pid != os.getpid():
+            # Descriptors inherited through fork would work too (pread has no file position), but
+            # a process that opens its own owns their lifetime.
+            self._handles, self._pid = {}, os.getpid()
+            for name, (path, offset) in self._files.items():
+                dtype, _, row_bytes = self._layout[name]
+                self._handles[name] = (os.open(path, os.O_RDONLY), offset, row_bytes, dtype)
+        return self._handles
+
+    def raw(self, name: str, start: int, stop: int) -> bytes:
+        """The bytes of rows ``[start, stop)`` of column ``name``."""
+        fd, offset, row_bytes, _ = self._open()[name]
+        size = max(stop - start, 0) * row_bytes
+        data = os.pread(fd, size, offset + start * row_bytes)
+        if len(data) != size:
+            raise PseudoLabelStoreError(
+                f"short read of {name}.npy ({len(data)} of {size} bytes at row {start}): the "
+                "pseudo-label store changed or was truncated while in use"
+            )
+        return data
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of column ``name``, as a new read-only array."""
+        dtype, row_shape, _ = self._layout[name]
+        array = np.frombuffer(self.raw(name, start, stop), dtype=dtype)
+        # reshape costs a microsecond per call: only for the 2-D boxes.
+        return array.reshape(-1, *row_shape) if row_shape else array
+
+    def close(self) -> None:
+        for fd, *_ in self._handles.values():
+            os.close(fd)
+        self._handles = {}
+
+    def __del__(self) -> None:
+        if self._pid == os.getpid():
+            self.close()
+
+
+class PseudoLabelStore:
+    """A read-only, memory-mapped pseudo-label store. Open with :meth:`open`.
+
+    The arrays are read-only views of the memory-mapped files (module docstring: shapes and
+    dtypes): pages are read on first touch and shared by every process that maps them, so
+    DataLoader workers add no copies. Only a few scalars and the class names are Python objects.
+
+    Attributes:
+        path: the store directory.
+        class_names: list[str] in contiguous class-id order.
+        score_floor: the lowest score the teacher's labels were kept at.
+        image_root: directory that relative file names are resolved against ("" = none).
+        image_offsets, image_ids, heights, widths, file_name_offsets, file_name_bytes, boxes,
+        scores, classes: the columns.
+    """
+
+    image_offsets: np.ndarray
+    image_ids: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    file_name_offsets: np.ndarray
+    file_name_bytes: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def __init__(self, path: str, metadata: dict[str, Any], columns: dict[str, np.memmap]):
+        self.path = path
+        self.class_names: list[str] = list(metadata["class_names"])
+        self.score_floor = float(metadata["score_floor"])
+        self.image_root = str(metadata.get("image_root") or "")
+        for name, array in columns.items():
+            # A plain ndarray view of the same mapping: np.memmap's subclass hooks cost
+            # microseconds on every small index operation.
+            setattr(self, name, np.asarray(array))
+        # Where each column's data starts in its file (after the .npy header), for ColumnReader;
+        # and the mappings themselves, for release_pages.
+        self._column_files = {
+            name: (array.filename, int(array.offset)) for name, array in columns.items()
+        }
+        self._mmaps = [array._mmap for array in columns.values() if array._mmap is not None]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> PseudoLabelStore:
+        """Open a store: read metadata.json and memory-map the columns (no data is read).
+
+        Raises:
+            PseudoLabelStoreError: "incomplete or not a pseudo-label store: ..." when the metadata
+                or a column is missing or inconsistent.
+        """
+        path = os.path.abspath(os.fspath(path))
+        metadata = read_metadata(path)
+
+        def fail(why: str) -> PseudoLabelStoreError:
+            return PseudoLabelStoreError(f"incomplete or not a pseudo-label store: {path} ({why})")
+
+        columns = {}
+        for name, (dtypes, ndim) in _COLUMNS.items():
+            try:
+                array = np.load(os.path.join(path, name + ".npy"), mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise fail(f"cannot map {name}.npy: {e}") from e
+            if array.dtype.type not in dtypes or array.ndim != ndim:
+                raise fail(f"{name}.npy has dtype {array.dtype} and {array.ndim} dims")
+            columns[name] = array
+        try:
+            n, m = int(metadata["counts"]["images"]), int(metadata["counts"]["boxes"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise fail(f"{METADATA_FILE} lacks the image and box counts: {e!r}") from e
+        offsets = columns["image_offsets"]
+        expected = {
+            "image_offsets": (n + 1,),
+            "image_ids": (n,),
+            "heights": (n,),
+            "widths": (n,),
+            "file_name_offsets": (n + 1,),
+            "boxes": (m, 4),
+            "scores": (m,),
+            "classes": (m,),
+        }
+        for name, shape in expected.items():
+            if columns[name].shape != shape:
+                raise fail(f"{name}.npy has shape {columns[name].shape}, expected {shape}")
+        if offsets[0] != 0 or offsets[-1] != m:
+            raise fail("image_offsets do not span the boxes")
+        if columns["file_name_offsets"][-1] != len(columns["file_name_bytes"]):
+            raise fail("file_name_offsets do not span file_name_bytes")
+        return cls(path, metadata, columns)
+
+    def release_pages(self) -> None:
+        """Unmap the pages this process has touched in the columns (they stay in the page cache).
+
+        A vectorized filter reads whole columns through the mappings, which leaves them resident
+        in this process; a dataset that reads items with :class:`ColumnReader` no longer needs
+        them. The arrays stay valid: a later access faults its pages in again.
+        """
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if advice is None:  # not Linux/BSD: nothing to release
+            return
+        for mapping in self._mmaps:
+            mapping.madvise(advice)
+
+    def reader(self) -> ColumnReader:
+        """A :class:`ColumnReader` of this store's columns."""
+        return ColumnReader(self._column_files, {n: getattr(self, n) for n in _COLUMNS})
+
+    def __reduce__(self):
+        # Pickled (spawned DataLoader workers) as its path: the child maps the same files instead of
+        # receiving a copy of the arrays.
+        return (PseudoLabelStore.open, (self.path,))
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def num_boxes(self) -> int:
+        return len(self.scores)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The full metadata.json, read from disk (not kept: it can list many failures)."""
+        return read_metadata(self.path)
+
+    def file_name(self, i: int) -> str:
+        """The path of image ``i``, joined to ``image_root`` when it is relative."""
+        name = self.stored_file_name(i)
+        return os.path.join(self.image_root, name) if self.image_root else name
+
+    def stored_file_name(self, i: int) -> str:
+        """The path of image ``i`` as stored (not joined to ``image_root``)."""
+        start, end = self.file_name_offsets[i : i + 2].tolist()
+        return self.file_name_bytes[start:end].tobytes().decode("utf-8")
