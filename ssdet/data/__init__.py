@@ -11,10 +11,11 @@ from ssdet.data.datasets import (
     register_image_folder,
 )
 from ssdet.data.image_folder import ImageFolderListing
-from ssdet.data.mixed import MixedBatch, build_mixed_train_loader, load_pseudo_label_dataset
+from ssdet.data.mixed import MixedBatch, build_mixed_train_loader
 from ssdet.data.pseudo_labels import (
     PseudoLabelFilter,
     PseudoLabelStore,
+    load_pseudo_label_dataset,
     register_pseudo_label_dataset,
 )
 from ssdet.data.subsets import split_labeled

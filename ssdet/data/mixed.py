@@ -11,33 +11,24 @@ parts never have to be told apart by a key inside the dicts.
 """
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
 from detectron2.config import CfgNode, configurable
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
-from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.utils import comm
 
 from ssdet.data.augment import PolicyDatasetMapper
 from ssdet.data.build import get_labeled_dataset_dicts
-from ssdet.data.pseudo_labels import (
-    PseudoLabelDataset,
-    PseudoLabelFilter,
-    PseudoLabelStore,
-    warn_if_almost_empty,
-)
+from ssdet.data.pseudo_labels import load_pseudo_label_dataset
 from ssdet.utils.errors import InputError
 
 __all__ = [
     "MixedBatch",
     "MixedBatchLoader",
     "build_mixed_train_loader",
-    "load_pseudo_label_dataset",
     "split_batch_size",
 ]
 
@@ -134,67 +125,6 @@ class MixedBatchLoader:
                 next(human) if human is not None else [],
                 next(pseudo) if pseudo is not None else [],
             )
-
-
-def load_pseudo_label_dataset(cfg: CfgNode) -> PseudoLabelDataset:
-    """The student's pseudo-labeled images: the store at ``SSDET.PSEUDO_LABELS.STORE``, filtered.
-
-    The filter is ``PseudoLabelFilter.from_config(cfg)`` (score thresholds, class balancing, ...).
-
-    Returns:
-        A lazy sequence of Detectron2 dataset dicts (see :class:`PseudoLabelDataset`).
-
-    Raises:
-        InputError: no store is configured or found, the store's classes are not those of the
-            labeled datasets, or the filter keeps no image.
-    """
-    store_dir = cfg.SSDET.PSEUDO_LABELS.STORE
-    if not store_dir:
-        raise InputError(
-            "SSDET.PSEUDO_LABELS.STORE is empty: the student trains on the teacher's pseudo "
-            "labels. Label unlabeled images with the teacher first (tools/pseudo_label.py) and set "
-            "SSDET.PSEUDO_LABELS.STORE to the store directory, or set "
-            "SSDET.SELF_TRAINING.PSEUDO_RATIO 0 to train on human labels only."
-        )
-    if not os.path.isdir(store_dir):
-        raise InputError(
-            f"Pseudo-label store {store_dir!r} (SSDET.PSEUDO_LABELS.STORE) not found: label the "
-            "unlabeled images with the teacher first (tools/pseudo_label.py) or fix the path."
-        )
-    store = PseudoLabelStore.open(store_dir)
-    for name in cfg.DATASETS.TRAIN:
-        classes = MetadataCatalog.get(name).get("thing_classes")
-        if classes is not None and list(classes) != store.class_names:
-            raise InputError(
-                f"The pseudo labels in {store.path} have classes {store.class_names[:10]}... "
-                f"({len(store.class_names)}) but the labeled dataset {name!r} has "
-                f"{list(classes)[:10]}... ({len(classes)}): the teacher must be trained on the "
-                "same classes, in the same order, as the student."
-            )
-    pseudo_filter = PseudoLabelFilter.from_config(cfg)
-    if pseudo_filter.ignore_score_thresh > 0:
-        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-        if not issubclass(arch, RetinaNet):
-            # Ignore regions are annotations of class -1; RetinaNet's anchor labeling turns them
-            # into ignored anchors, other detectors would index classes with -1.
-            raise InputError(
-                "SSDET.PSEUDO_LABELS.IGNORE_SCORE_THRESH needs a RetinaNet detector, not "
-                f"{cfg.MODEL.META_ARCHITECTURE}; set it to 0."
-            )
-    selection = pseudo_filter.apply(store)
-    warn_if_almost_empty(selection)
-    dataset = PseudoLabelDataset(selection)
-    if len(dataset) == 0:
-        raise InputError(
-            f"SSDET.PSEUDO_LABELS keeps no image of the {store.num_images} in {store.path}: no "
-            f"image has a box at SCORE_THRESH {cfg.SSDET.PSEUDO_LABELS.SCORE_THRESH}. Lower it, or "
-            "set SSDET.PSEUDO_LABELS.KEEP_EMPTY_IMAGES True to train on background-only images."
-        )
-    logger.info(
-        f"Pseudo-labeled images: {len(dataset)} (of {store.num_images} in {store.path}), "
-        f"{selection.num_kept_boxes} boxes"
-    )
-    return dataset
 
 
 def _pseudo_mapper(cfg: CfgNode) -> PolicyDatasetMapper:

@@ -71,7 +71,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
@@ -83,9 +82,8 @@ from detectron2.utils.logger import setup_logger
 import ssdet
 from ssdet.checkpoint import SsdetCheckpointer, is_loadable_checkpoint, load_checkpoint_file
 from ssdet.data.pseudo_labels import (
-    PseudoLabelFilter,
-    PseudoLabelStore,
     PseudoLabelStoreError,
+    check_pseudo_labels,
     file_sha256,
     read_metadata,
 )
@@ -110,7 +108,6 @@ __all__ = [
     "STUDENT_INITS",
     "ExperimentPlan",
     "Stage",
-    "check_pseudo_labels",
     "format_self_training_table",
     "plan_experiment",
     "run_self_training",
@@ -786,55 +783,6 @@ def _check_stage(stage: Stage, plan: ExperimentPlan, write: bool) -> None:
             )
     elif write:
         atomic_write_json(path, spec)
-
-
-def check_pseudo_labels(store_dir: str, cfg: CfgNode, teacher_weights: str = "") -> dict[str, int]:
-    """Check that the student's filter keeps pseudo boxes of a store, and count them.
-
-    Args:
-        store_dir: the pseudo-label store.
-        cfg: the student's config (``SSDET.PSEUDO_LABELS``: thresholds, balancing, ...).
-        teacher_weights: the teacher's checkpoint, named in the error.
-
-    Returns:
-        ``{"images": stored images, "images_with_boxes": images with a kept box,
-        "boxes": kept boxes}``.
-
-    Raises:
-        InputError: the filter keeps no box.
-    """
-    store = PseudoLabelStore.open(store_dir)
-    selection = PseudoLabelFilter.from_config(cfg).apply(store)
-    counts = {
-        "images": int(store.num_images),
-        "images_with_boxes": int(np.count_nonzero(selection.kept_boxes_per_image())),
-        "boxes": int(selection.num_kept_boxes),
-    }
-    if counts["boxes"]:
-        return counts
-    labels = cfg.SSDET.PSEUDO_LABELS
-    teacher = f" ({teacher_weights})" if teacher_weights else ""
-    if store.num_boxes:
-        found = (
-            f"its highest score is {float(np.max(store.scores)):.3f}, below "
-            f"SSDET.PSEUDO_LABELS.SCORE_THRESH {labels.SCORE_THRESH}"
-        )
-        if labels.CLASS_SCORE_THRESHS:
-            found += f" (CLASS_SCORE_THRESHS {list(labels.CLASS_SCORE_THRESHS)})"
-        if labels.MIN_BOX_SIZE:
-            found += f" or its boxes are below MIN_BOX_SIZE {labels.MIN_BOX_SIZE}"
-    else:
-        found = (
-            "it scored no box even at the labeling floor SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR "
-            f"{labels.LABELING_SCORE_FLOOR}"
-        )
-    raise InputError(
-        f"The teacher{teacher} gives no pseudo box that the student keeps on the "
-        f"{store.num_images} images of {store.path}: {found}. Lower "
-        "SSDET.PSEUDO_LABELS.SCORE_THRESH (the labels are kept: a rerun does not label again), or "
-        "train the teacher longer (SOLVER.MAX_ITER, for the teacher only in "
-        "SSDET.EXPERIMENT.TEACHER_OPTS)."
-    )
 
 
 # -------------------------------------------------------------------------------------------------

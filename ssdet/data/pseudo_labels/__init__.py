@@ -17,8 +17,9 @@ The modules, one concern each:
   builder, and the readers :class:`PseudoLabelStore` and :class:`ColumnReader`;
 - ``shards``: labeling's shard files and :func:`merge_shards`;
 - ``filter``: the student's filter and its :class:`PseudoLabelSelection`, the "no pseudo boxes"
-  check;
-- ``dataset``: the Detectron2 dataset of a selection and its registration;
+  checks;
+- ``dataset``: the Detectron2 dataset of a selection, its registration, and the student's dataset
+  from the config;
 - ``coco``: COCO JSON export and import;
 - ``report``: statistics of a selection (JSON, plot, summary, precision against ground truth).
   Not imported here (it needs matplotlib): import ``ssdet.data.pseudo_labels.report``.
@@ -29,12 +30,17 @@ from ssdet.data.pseudo_labels.coco import (
     export_coco_results,
     import_coco_json,
 )
-from ssdet.data.pseudo_labels.dataset import PseudoLabelDataset, register_pseudo_label_dataset
+from ssdet.data.pseudo_labels.dataset import (
+    PseudoLabelDataset,
+    load_pseudo_label_dataset,
+    register_pseudo_label_dataset,
+)
 from ssdet.data.pseudo_labels.filter import (
     ALMOST_EMPTY_FRACTION,
     BALANCE_SUBSAMPLE_RULES,
     PseudoLabelFilter,
     PseudoLabelSelection,
+    check_pseudo_labels,
     is_almost_empty,
     warn_if_almost_empty,
 )
@@ -70,11 +76,13 @@ __all__ = [
     "PseudoLabelShardWriter",
     "PseudoLabelStore",
     "PseudoLabelStoreError",
+    "check_pseudo_labels",
     "export_coco_annotations",
     "export_coco_results",
     "file_sha256",
     "import_coco_json",
     "is_almost_empty",
+    "load_pseudo_label_dataset",
     "merge_shards",
     "read_metadata",
     "register_pseudo_label_dataset",

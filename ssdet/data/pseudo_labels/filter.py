@@ -4,7 +4,8 @@
 images (class balancing, empty images, ignore regions) from a
 :class:`~ssdet.data.pseudo_labels.store.PseudoLabelStore` as index arrays, a
 :class:`PseudoLabelSelection`, so a threshold sweep needs no second teacher pass.
-:func:`is_almost_empty` and :func:`warn_if_almost_empty` catch the "no pseudo boxes" failure.
+:func:`is_almost_empty` and :func:`warn_if_almost_empty` catch the "no pseudo boxes" failure;
+:func:`check_pseudo_labels` refuses a store of which the student's filter keeps no box.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from detectron2.config import CfgNode
 
 from ssdet.data.pseudo_labels.store import PseudoLabelStore, offsets_from_counts
 from ssdet.utils.errors import InputError
@@ -25,6 +27,7 @@ __all__ = [
     "BALANCE_SUBSAMPLE_RULES",
     "PseudoLabelFilter",
     "PseudoLabelSelection",
+    "check_pseudo_labels",
     "is_almost_empty",
     "warn_if_almost_empty",
 ]
@@ -375,3 +378,52 @@ def warn_if_almost_empty(
         highest,
     )
     return True
+
+
+def check_pseudo_labels(store_dir: str, cfg: CfgNode, teacher_weights: str = "") -> dict[str, int]:
+    """Check that the student's filter keeps pseudo boxes of a store, and count them.
+
+    Args:
+        store_dir: the pseudo-label store.
+        cfg: the student's config (``SSDET.PSEUDO_LABELS``: thresholds, balancing, ...).
+        teacher_weights: the teacher's checkpoint, named in the error.
+
+    Returns:
+        ``{"images": stored images, "images_with_boxes": images with a kept box,
+        "boxes": kept boxes}``.
+
+    Raises:
+        InputError: the filter keeps no box.
+    """
+    store = PseudoLabelStore.open(store_dir)
+    selection = PseudoLabelFilter.from_config(cfg).apply(store)
+    counts = {
+        "images": int(store.num_images),
+        "images_with_boxes": int(np.count_nonzero(selection.kept_boxes_per_image())),
+        "boxes": int(selection.num_kept_boxes),
+    }
+    if counts["boxes"]:
+        return counts
+    labels = cfg.SSDET.PSEUDO_LABELS
+    teacher = f" ({teacher_weights})" if teacher_weights else ""
+    if store.num_boxes:
+        found = (
+            f"its highest score is {float(np.max(store.scores)):.3f}, below "
+            f"SSDET.PSEUDO_LABELS.SCORE_THRESH {labels.SCORE_THRESH}"
+        )
+        if labels.CLASS_SCORE_THRESHS:
+            found += f" (CLASS_SCORE_THRESHS {list(labels.CLASS_SCORE_THRESHS)})"
+        if labels.MIN_BOX_SIZE:
+            found += f" or its boxes are below MIN_BOX_SIZE {labels.MIN_BOX_SIZE}"
+    else:
+        found = (
+            "it scored no box even at the labeling floor SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR "
+            f"{labels.LABELING_SCORE_FLOOR}"
+        )
+    raise InputError(
+        f"The teacher{teacher} gives no pseudo box that the student keeps on the "
+        f"{store.num_images} images of {store.path}: {found}. Lower "
+        "SSDET.PSEUDO_LABELS.SCORE_THRESH (the labels are kept: a rerun does not label again), or "
+        "train the teacher longer (SOLVER.MAX_ITER, for the teacher only in "
+        "SSDET.EXPERIMENT.TEACHER_OPTS)."
+    )
