@@ -31,7 +31,6 @@ source key is converted, dropped for a named reason, or reported as unmatched, n
 similarity as Detectron2's ``align_and_update_state_dicts`` does for MODEL.WEIGHTS.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -46,7 +45,7 @@ from detectron2.layers import ShapeSpec
 from ssdet.checkpoint.checkpointer import load_torch_file
 from ssdet.modeling.backbone import build_ssdet_resnet_backbone
 from ssdet.utils.errors import InputError
-from ssdet.utils.io import atomic_open
+from ssdet.utils.io import atomic_open, file_sha256
 
 __all__ = [
     "ARCH_KEYS",
@@ -155,15 +154,6 @@ def torchvision_to_detectron2_key(key: str) -> str | None:
     if m := re.fullmatch(rf"downsample\.1\.{_NORM_FIELD}", rest):
         return f"{block}.shortcut.norm.{m[1]}"
     return None
-
-
-def file_sha256(path: str) -> str:
-    """The SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _shape(shape: torch.Size | tuple) -> str:

@@ -1,6 +1,7 @@
-"""Atomic file output: every file ssdet writes appears whole or not at all."""
+"""File helpers: atomic output (every file ssdet writes appears whole or not at all) and digests."""
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -52,3 +53,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=indent)
         f.write("\n")
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file's bytes (teacher weights, input listing, checkpoints), for
+    provenance records."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -57,9 +57,9 @@ from ssdet.data.pseudo_labels.store import (
     LabelingProvenance,
     PseudoLabelStore,
     PseudoLabelStoreError,
-    file_sha256,
     read_metadata,
 )
+from ssdet.utils.io import file_sha256
 
 __all__ = [
     "ALMOST_EMPTY_FRACTION",

@@ -21,12 +21,11 @@ from ssdet.data.pseudo_labels.store import (
     build_metadata,
     class_dtype,
     encode_strings,
-    file_sha256,
     gather_ranges,
     offsets_from_counts,
 )
 from ssdet.utils.errors import InputError
-from ssdet.utils.io import atomic_write_json
+from ssdet.utils.io import atomic_write_json, file_sha256
 
 __all__ = ["export_coco_annotations", "export_coco_results", "import_coco_json"]
 

@@ -53,7 +53,6 @@ __all__ = [
     "class_dtype",
     "decode_strings",
     "encode_strings",
-    "file_sha256",
     "gather_ranges",
     "offsets_from_counts",
     "read_metadata",
@@ -79,15 +78,6 @@ _COLUMNS: dict[str, tuple[tuple[type, ...], int]] = {
 
 class PseudoLabelStoreError(InputError):
     """Raised for a directory that is not a complete pseudo-label store."""
-
-
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Return the hex SHA-256 of a file (teacher weights, input listing) for the provenance."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -156,9 +146,9 @@ class LabelingProvenance:
         teacher_config_path: the teacher's config file.
         teacher_config_text: the resolved teacher config (``cfg.dump()``); its sha256 is stored too.
         teacher_weights_path: the teacher's checkpoint.
-        teacher_weights_sha256: :func:`file_sha256` of the checkpoint.
+        teacher_weights_sha256: :func:`~ssdet.utils.io.file_sha256` of the checkpoint.
         listing_path: the file listing the unlabeled images (its entry order is the image index).
-        listing_sha256: :func:`file_sha256` of the listing.
+        listing_sha256: :func:`~ssdet.utils.io.file_sha256` of the listing.
         listing_size: number of images in the listing; when set, :func:`merge_shards` checks that
             every one of them was labeled or recorded as failed.
         image_root: directory that relative file names are resolved against ("" = as stored).
