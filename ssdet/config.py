@@ -110,6 +110,16 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.SELF_TRAINING.LOSS_NORMALIZATION = "moving_average"
     # The weight alpha (dimensionless, >= 0) of the pseudo-label loss, in both normalizations.
     _C.SSDET.SELF_TRAINING.PSEUDO_LOSS_WEIGHT = 1.0
+    # Weights (dimensionless, >= 0) of single terms of the pseudo-labeled images' loss dict,
+    # applied before L_p is summed and normalized: [[loss name, weight], ...], e.g.
+    # [["loss_box_reg", 0.0]] trains no box regression on pseudo boxes (as unbiased-teacher).
+    # Unnamed terms weigh 1; a name the detector does not return is an error at the first step.
+    _C.SSDET.SELF_TRAINING.PSEUDO_LOSS_TERM_WEIGHTS = []
+    # Classification targets of the pseudo boxes: "hard" (the paper's: each box teaches its
+    # class fully) or "score" (RetinaNet only: the focal loss of each anchor matched to a pseudo
+    # box is multiplied by the box's teacher score; background anchors and the box regression
+    # are unchanged; see ssdet/modeling/pseudo_targets.py).
+    _C.SSDET.SELF_TRAINING.PSEUDO_CLS_TARGET = "hard"
     # Momentum (0-1, per step) of the moving averages: avg = m * avg + (1 - m) * loss.
     _C.SSDET.SELF_TRAINING.LOSS_AVG_MOMENTUM = 0.99
     # True: the human- and pseudo-labeled images of a step go through the model as one batch (as
@@ -275,3 +285,9 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.SOLVER.OPTIMIZER = "SGD"
     # AdamW's (beta1, beta2) moment decay rates.
     _C.SSDET.SOLVER.BETAS = (0.9, 0.999)
+    # Gradient accumulation (integer >= 1; 1 = off), for GPUs too small for the batch: each
+    # iteration backwards this many batches of SOLVER.IMS_PER_BATCH images (losses divided by it)
+    # and takes one optimizer step, so the effective batch is SOLVER.IMS_PER_BATCH x this, and
+    # SOLVER.MAX_ITER, the LR schedule and the periods count optimizer steps. Detector training
+    # (tools/train_net.py, tools/self_train.py) only; see ssdet/engine/accumulation.py.
+    _C.SSDET.SOLVER.GRAD_ACCUM_STEPS = 1

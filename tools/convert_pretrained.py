@@ -4,11 +4,14 @@
 python tools/convert_pretrained.py --input resnet50.pth --output pretrained/R-50_imagenet.pth
 python tools/convert_pretrained.py --input simclr.ckpt --output pretrained/R-50_simclr.pth \
     --format simclr --method simclr
+python tools/convert_pretrained.py --input R-18.pkl --output pretrained/R-18.pth --format detectron2
 python tools/convert_pretrained.py --input output/mini/pretrain/backbone.pth --output x.pth
 
 Sources: torchvision ResNet state dicts, SimCLR-style checkpoints (ResNet under an encoder
-prefix, projection head dropped) and ssdet's own format. Every source key is converted, dropped
-for a stated reason, or reported; shapes that do not fit the ResNet are refused.
+prefix, projection head dropped), Detectron2-named ResNets (the .pkl files of Detectron2's
+convert-torchvision-to-d2.py, read without running pickle code; a detector's bottom-up ResNet)
+and ssdet's own format. Every source key is converted, dropped for a stated reason, or
+reported; shapes that do not fit the ResNet are refused.
 """
 
 import argparse
@@ -28,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--input", required=True, help="source checkpoint (.pth, .pt, .ckpt)")
+    parser.add_argument("--input", required=True, help="source checkpoint (.pth, .pt, .ckpt, .pkl)")
     parser.add_argument("--output", required=True, help="converted backbone checkpoint (.pth)")
     parser.add_argument(
         "--format", default="auto", choices=SOURCE_FORMATS, help="source layout (default: auto)"
@@ -61,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="load with weights_only=False, for trusted files that pickle Python objects",
+        help="load with weights_only=False, for trusted files that pickle Python objects "
+        "(never for .pkl files, which ssdet's restricted unpickler reads)",
     )
     return parser.parse_args(argv)
 

@@ -5,6 +5,7 @@
         MODEL.WEIGHTS path/to/teacher/model_final.pth
     python tools/pseudo_label.py ... --resume              # continue an interrupted run in DIR
     python tools/pseudo_label.py ... --num-gpus 8          # Detectron2's launch (gloo on the CPU)
+    python tools/pseudo_label.py --verify DIR/store        # check a store's values and checksums
 
 The store is DIR/store (train a student with SSDET.PSEUDO_LABELS.STORE DIR/store); the report of
 the student's filter is DIR/report.{json,png}. See ssdet/engine/pseudo_labeling.py.
@@ -16,6 +17,7 @@ import sys
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ssdet.data.pseudo_labels import verify_store
 from ssdet.engine import run_tool, setup_cfg
 from ssdet.engine.pseudo_labeling import (
     check_output_dir,
@@ -38,8 +40,22 @@ def main(cfg, plan):
     return label_images(cfg, plan)
 
 
+def verify(store: str) -> None:
+    """``--verify STORE``: print what was checked, or exit with one error line."""
+    try:
+        print(verify_store(store), flush=True)
+    except InputError as e:
+        sys.exit(f"error: {e}")
+
+
 if __name__ == "__main__":
-    args = labeling_argument_parser().parse_args()
+    parser = labeling_argument_parser()
+    args = parser.parse_args()
+    if args.verify:
+        verify(args.verify)
+        sys.exit(0)
+    if not args.input or not args.output:
+        parser.error("--input and --output are required to label (or pass --verify STORE)")
     with contextlib.ExitStack() as lock:
         # Input is checked here, in the launching process, before any worker starts: a worker's
         # InputError would reach the user as a traceback of torch.multiprocessing.

@@ -1,4 +1,5 @@
-"""Checkpoints: ssdet's checkpointer (safe loading, atomic saving) and its backbone format."""
+"""Checkpoints: ssdet's checkpointer (safe loading, atomic saving), its backbone format, and the
+stock-Detectron2 config written beside final weights."""
 
 from ssdet.checkpoint.checkpointer import (
     FINAL_CHECKPOINT,
@@ -22,12 +23,14 @@ from ssdet.checkpoint.convert import (
     save_backbone_checkpoint,
     torchvision_to_detectron2_key,
 )
+from ssdet.checkpoint.stock_config import STOCK_CONFIG, stock_config, write_stock_config
 
 __all__ = [
     "FINAL_CHECKPOINT",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "METHODS",
+    "STOCK_CONFIG",
     "Conversion",
     "SsdetCheckpointer",
     "SsdetCheckpointerMixin",
@@ -41,5 +44,7 @@ __all__ = [
     "load_torch_file",
     "load_weights_pickle",
     "save_backbone_checkpoint",
+    "stock_config",
     "torchvision_to_detectron2_key",
+    "write_stock_config",
 ]

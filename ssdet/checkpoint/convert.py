@@ -28,7 +28,10 @@ and ``stride_in_1x1`` (bool, bottleneck depths: to match ``MODEL.RESNETS.STRIDE_
 own files into the format through an explicit key table (:func:`torchvision_to_detectron2_key`),
 the renaming of Detectron2's ``tools/convert-torchvision-to-d2.py`` written as exact rules: every
 source key is converted, dropped for a named reason, or reported as unmatched, never matched by
-similarity as Detectron2's ``align_and_update_state_dicts`` does for MODEL.WEIGHTS.
+similarity as Detectron2's ``align_and_update_state_dicts`` does for MODEL.WEIGHTS. Checkpoints in
+Detectron2's naming (``.pkl`` files as that script writes them, a Detectron2 detector's
+``backbone.bottom_up.``) keep their keys. ``.pkl`` files are read by ssdet's restricted unpickler
+(:func:`~ssdet.checkpoint.load_weights_pickle`), which runs nothing a file names.
 """
 
 import json
@@ -38,11 +41,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 
-from ssdet.checkpoint.checkpointer import load_torch_file
+from ssdet.checkpoint.checkpointer import load_torch_file, load_weights_pickle
 from ssdet.modeling.backbone import build_ssdet_resnet_backbone
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open, file_sha256
@@ -78,7 +82,7 @@ BLOCKS_PER_STAGE = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
-SOURCE_FORMATS = ("auto", "torchvision", "simclr", "ssdet")
+SOURCE_FORMATS = ("auto", "torchvision", "simclr", "detectron2", "ssdet")
 INPUT_FORMATS = ("BGR", "RGB")
 
 # Prefixes under which SimCLR-style checkpoints keep their ResNet, tried in this order; "" and
@@ -110,8 +114,9 @@ _DROPPED_PREFIXES = {
     "momentum_backbone.": "momentum encoder",
 }
 _DROPPED_KEYS = {"queue": "MoCo queue", "queue_ptr": "MoCo queue"}
-# Containers that training scripts wrap the state dict in, looked up in this order.
-_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict")
+# Containers that training scripts wrap the state dict in, looked up in this order ("blobs":
+# Caffe2's .pkl files).
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "blobs")
 # torchvision's ResNet children when the network was saved as nn.Sequential(*children): index
 # -> name (2 relu, 3 maxpool and 8 avgpool have no weights).
 _SEQUENTIAL_CHILDREN = {
@@ -123,6 +128,15 @@ _SEQUENTIAL_CHILDREN = {
     "7": "layer4",
 }
 _NORM_FIELD = r"(weight|bias|running_mean|running_var)"
+# Where Detectron2-named checkpoints keep their ResNet, tried in this order: a bare ResNet (the
+# .pkl files of Detectron2's tools/convert-torchvision-to-d2.py), a detector's FPN bottom-up, a
+# detector's plain ResNet backbone.
+_DETECTRON2_PREFIXES = ("", "backbone.bottom_up.", "backbone.")
+_DETECTRON2_RESNET_KEY = re.compile(
+    rf"(stem\.conv1|res[2-5]\.\d+\.(conv[1-3]|shortcut))\.(weight|norm\.{_NORM_FIELD})"
+)
+# Beside the weights in Detectron2's .pkl files.
+_DETECTRON2_METADATA = ("__author__", "matching_heuristics")
 
 
 def torchvision_to_detectron2_key(key: str) -> str | None:
@@ -337,6 +351,24 @@ def _torch_load(path: str, trust_pickle: bool = False) -> Any:
     return load_torch_file(path, trust_pickle, hint)
 
 
+def _arrays_to_tensors(obj: Any) -> Any:
+    """``obj`` with the numeric numpy arrays in its dicts as tensors (a .pkl holds arrays)."""
+    if isinstance(obj, Mapping):
+        return {k: _arrays_to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "biuf":
+        # A copy: unpickled arrays may be read-only, which torch.from_numpy warns about.
+        return torch.from_numpy(np.array(obj))
+    return obj
+
+
+def _load_source(path: str, trust_pickle: bool) -> Any:
+    """A source checkpoint: ``.pkl`` files (Detectron2's model-zoo format) by the restricted
+    unpickler, never ``pickle.load``, their arrays as tensors; other files by ``torch.load``."""
+    if path.endswith(".pkl"):
+        return _arrays_to_tensors(load_weights_pickle(path))
+    return _torch_load(path, trust_pickle)
+
+
 def _validate_checkpoint(obj: Any, source: str) -> tuple[dict[str, Any], list[str]]:
     """The checkpoint dict of ssdet's format (``extra`` filled in) and its missing buffers."""
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT_NAME:
@@ -430,7 +462,7 @@ class Conversion:
 
     Attributes:
         arch, method, model, extra: the arguments of :func:`save_backbone_checkpoint`.
-        source_format: "torchvision", "simclr" or "ssdet".
+        source_format: "torchvision", "simclr", "detectron2" or "ssdet".
         prefix: the prefix of the backbone's keys in the source ("" for none).
         converted: source key -> Detectron2 key, for every tensor kept.
         dropped: source key -> why it was left out (heads, BN step counters, ...).
@@ -453,11 +485,15 @@ class Conversion:
 
     def summary(self) -> str:
         """A few human-readable lines: what was converted, dropped, unmatched and missing."""
+        order = self.extra.get("input_format", "unknown")
+        source_order = self.extra.get("source_input_format", order)
+        if source_order != order:
+            order += f" (the source's {source_order}, stem flipped)"
         lines = [
             f"source format: {self.source_format}"
             + (f", backbone prefix {self.prefix!r}" if self.prefix else ""),
             f"architecture: {_arch_name(self.arch)}; method: {self.method}; "
-            f"input channel order: {self.extra.get('input_format', 'unknown')}",
+            f"input channel order: {order}",
             f"converted: {len(self.converted)} tensors",
         ]
         by_reason: dict[str, list[str]] = {}
@@ -517,6 +553,18 @@ def _source_key_to_torchvision(key: str, sequential: bool) -> str:
     return f"{_SEQUENTIAL_CHILDREN[head]}.{rest}" if head in _SEQUENTIAL_CHILDREN else key
 
 
+def _prefix_list(prefixes: tuple[str, ...]) -> str:
+    return ", ".join(repr(p) for p in prefixes)
+
+
+def _check_unmatched(unmatched: list[str], allow_unmatched: bool, source: str) -> None:
+    if unmatched and not allow_unmatched:
+        raise InputError(
+            f"{source}: keys with no counterpart in a Detectron2 ResNet: {_some(unmatched)}. "
+            "Pass --allow-unmatched to leave them out, if they are not part of the backbone."
+        )
+
+
 def _drop_reason(key: str) -> str | None:
     key = key.removeprefix("module.")
     if key.endswith("num_batches_tracked"):
@@ -566,21 +614,32 @@ def convert_checkpoint(
     ``nn.Sequential`` of its children or under DataParallel's ``module.``); SimCLR-style
     checkpoints (the state dict under "state_dict" / "model", the ResNet under ``encoder.``,
     ``module.encoder.``, ``backbone.``, ``convnet.``, ``encoder_q.``..., projection heads
-    ``projector.``, ``projection_head.``, ``g.``, ``fc.``... dropped); ssdet's own format
+    ``projector.``, ``projection_head.``, ``g.``, ``fc.``... dropped); Detectron2-named
+    checkpoints (``stem.conv1.weight``, ``res2.0.conv1.norm.running_mean``, ...: the ``.pkl``
+    files of Detectron2's ``tools/convert-torchvision-to-d2.py``, numpy arrays with
+    ``__author__`` / ``matching_heuristics``; a Detectron2 detector's ResNet under
+    ``backbone.bottom_up.`` or ``backbone.``, its FPN and heads dropped); ssdet's own format
     (validated, channel order adapted). The architecture is inferred from the tensors; the
     ``depth`` / ``*_channels`` arguments state the target and make a mismatch an error.
 
+    ``.pkl`` files are read by the restricted unpickler of
+    :func:`~ssdet.checkpoint.load_weights_pickle` (numpy arrays and plain containers only),
+    everything else by ``torch.load``.
+
     Args:
         path: the source checkpoint.
-        source_format: "auto", "torchvision", "simclr" or "ssdet".
+        source_format: "auto", "torchvision", "simclr", "detectron2" or "ssdet".
         depth, stem_out_channels, res2_out_channels: the target ResNet (None: as inferred).
         input_format: channel order the converted stem should expect, "BGR" (Detectron2's and
-            ssdet's default ``INPUT.FORMAT``) or "RGB". torchvision and SimCLR weights are RGB.
+            ssdet's default ``INPUT.FORMAT``) or "RGB". torchvision and SimCLR weights are RGB;
+            Detectron2-named ones are BGR (Detectron2's default), except those whose
+            ``__author__`` is "torchvision" (``convert-torchvision-to-d2.py``'s), RGB.
         method: the ``method`` recorded in the output; None: "converted" (ssdet sources keep
             theirs).
         allow_unmatched: leave out source keys that have no counterpart (listed in the report)
             instead of refusing the checkpoint.
-        trust_pickle: load with ``weights_only=False``; only for files you trust.
+        trust_pickle: load with ``weights_only=False``; only for files you trust (never
+            for ``.pkl`` files, which are always read by the restricted unpickler).
 
     Returns:
         The converted checkpoint and its report.
@@ -596,7 +655,7 @@ def convert_checkpoint(
     if method is not None and method not in METHODS:
         raise InputError(f"Unknown method {method!r}; use one of {METHODS}.")
     source = f"Checkpoint {path!r}"
-    obj = _torch_load(path, trust_pickle)
+    obj = _load_source(path, trust_pickle)
     overrides = {
         "depth": depth,
         "stem_out_channels": stem_out_channels,
@@ -635,11 +694,31 @@ def convert_checkpoint(
     if source_format in ("simclr", "auto"):
         prefixes = _SIMCLR_PREFIXES + (_TORCHVISION_PREFIXES if source_format == "auto" else ())
     found = _backbone_prefix(state, prefixes)
+    detectron2_prefix = _detectron2_prefix(state)
+    if source_format == "detectron2" or (
+        source_format == "auto" and found is None and detectron2_prefix is not None
+    ):
+        return _convert_detectron2(
+            obj,
+            state,
+            container,
+            source,
+            overrides,
+            input_format=input_format,
+            method=method,
+            allow_unmatched=allow_unmatched,
+            provenance=provenance,
+        )
     if found is None:
+        also = (
+            f", nor Detectron2's 'stem.conv1.weight' under {_prefix_list(_DETECTRON2_PREFIXES)}"
+            if source_format == "auto"
+            else ""
+        )
         raise InputError(
             f"{source} has no ResNet in {source_format} layout: no 'conv1.weight' under any of "
-            f"the prefixes {', '.join(repr(p) for p in prefixes)}. Its keys start with: "
-            f"{_some(sorted(state), 6)}."
+            f"the prefixes {_prefix_list(prefixes)}{also}. Its keys start with: "
+            f"{_some(sorted(state), 6)}.{_caffe2_hint(state)}"
         )
     prefix, sequential = found
 
@@ -663,11 +742,7 @@ def convert_checkpoint(
             dropped[key] = reason
         else:
             unmatched.append(key)
-    if unmatched and not allow_unmatched:
-        raise InputError(
-            f"{source}: keys with no counterpart in a Detectron2 ResNet: {_some(unmatched)}. "
-            "Pass --allow-unmatched to leave them out, if they are not part of the backbone."
-        )
+    _check_unmatched(unmatched, allow_unmatched, source)
 
     inferred = infer_arch(model, source)
     target, target_source = _target_arch(inferred, overrides, source)
@@ -695,6 +770,106 @@ def convert_checkpoint(
         model=model,
         extra=extra,
         source_format=found_format,
+        prefix=prefix,
+        converted=converted,
+        dropped=dropped,
+        unmatched=unmatched,
+        missing=missing,
+    )
+
+
+def _caffe2_hint(state: Mapping[str, Any]) -> str:
+    """What to do with Caffe2-named weights, when ``state`` has them; else ""."""
+    # Detectron2's ImageNet backbones (MSRA R-50.pkl, ...) and Detectron1's files use Caffe2's
+    # names, which Detectron2 matches by heuristics; no exact table maps them here.
+    if not any(re.fullmatch(r"(conv1|res\d_\d+_branch\w+)_w", k) for k in state):
+        return ""
+    return (
+        " It holds Caffe2 / Detectron1 names (conv1_w, res2_0_branch2a_w, ...), which are not "
+        "converted: load it into a Detectron2 ResNet (MODEL.WEIGHTS) and save that state_dict."
+    )
+
+
+def _detectron2_prefix(state: Mapping[str, Any]) -> str | None:
+    """The first of ``_DETECTRON2_PREFIXES`` under which ``state`` has a Detectron2 ResNet stem."""
+    return next((p for p in _DETECTRON2_PREFIXES if p + "stem.conv1.weight" in state), None)
+
+
+def _convert_detectron2(
+    obj: Any,
+    state: dict[str, Any],
+    container: str,
+    source: str,
+    overrides: Mapping[str, int | None],
+    *,
+    input_format: str,
+    method: str | None,
+    allow_unmatched: bool,
+    provenance: dict[str, str],
+) -> Conversion:
+    """:func:`convert_checkpoint` of a state dict in Detectron2's naming: the ResNet's keys are
+    kept as they are; metadata, a detector's FPN and heads, and BN step counters are dropped."""
+    prefix = _detectron2_prefix(state)
+    if prefix is None:
+        raise InputError(
+            f"{source} has no ResNet in Detectron2's naming: no 'stem.conv1.weight' under any of "
+            f"the prefixes {_prefix_list(_DETECTRON2_PREFIXES)}. Its keys start with: "
+            f"{_some(sorted(state), 6)}.{_caffe2_hint(state)}"
+        )
+    converted: dict[str, str] = {}
+    dropped: dict[str, str] = {}
+    unmatched: list[str] = []
+    model: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        inner = key.removeprefix(prefix)
+        if key in _DETECTRON2_METADATA:
+            reason = "Detectron2 checkpoint metadata"
+        elif not key.startswith(prefix):
+            reason = "not the bottom-up ResNet (a detector's FPN and heads)"
+        elif _DETECTRON2_RESNET_KEY.fullmatch(inner) and isinstance(value, torch.Tensor):
+            converted[key] = inner
+            model[inner] = value
+            continue
+        elif inner.startswith("linear."):
+            reason = "classifier head (linear)"
+        else:
+            reason = _drop_reason(inner)
+        if reason is not None:
+            dropped[key] = reason
+        else:
+            unmatched.append(key)
+    _check_unmatched(unmatched, allow_unmatched, source)
+
+    inferred = infer_arch(model, source)
+    target, target_source = _target_arch(inferred, overrides, source)
+    missing = check_backbone_state_dict(model, target, target_source)
+    author = obj.get("__author__") if isinstance(obj, Mapping) else None
+    # Detectron2's default INPUT.FORMAT is BGR; its tools/convert-torchvision-to-d2.py marks the
+    # torchvision ResNets it converts, which were trained on RGB.
+    source_input_format = "RGB" if author == "torchvision" else "BGR"
+    if input_format != source_input_format:
+        _flip_channels(model, source)
+    extra: dict[str, Any] = {
+        **provenance,
+        "source_format": "detectron2",
+        "source_container": container,
+        "source_prefix": prefix,
+        "source_input_format": source_input_format,
+        "input_format": input_format,
+        "dropped_keys": sorted(dropped),
+        "unmatched_keys": sorted(unmatched),
+    }
+    if isinstance(author, str):
+        extra["source_author"] = author
+    if author == "torchvision" and target["depth"] >= 50:
+        # torchvision (ResNet v1.5) strides in the 3x3 conv of a bottleneck.
+        extra["stride_in_1x1"] = False
+    return Conversion(
+        arch=target,
+        method=method or "converted",
+        model=model,
+        extra=extra,
+        source_format="detectron2",
         prefix=prefix,
         converted=converted,
         dropped=dropped,

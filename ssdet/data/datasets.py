@@ -43,6 +43,10 @@ def load_coco_dataset(json_file: str, image_root: str, name: str, hint: str = ""
 
     Returns:
         Detectron2 dataset dicts, one per image.
+
+    Raises:
+        InputError: a missing or unreadable annotation file, no images, or images that the
+            annotations name but the image folder lacks (counted, the first few named).
     """
     if not os.path.isfile(json_file):
         raise InputError(f"Dataset {name!r}: annotation file {json_file!r} not found. {hint}")
@@ -62,7 +66,41 @@ def load_coco_dataset(json_file: str, image_root: str, name: str, hint: str = ""
         ) from e
     if not dicts:
         raise InputError(f"Dataset {name!r}: {json_file!r} lists no images. {hint}")
+    check_image_files(dicts, name, json_file, image_root, hint)
     return dicts
+
+
+def check_image_files(
+    dicts: list[dict], name: str, json_file: str, image_root: str, hint: str = ""
+) -> None:
+    """Raise :class:`InputError` when images that the annotations name are missing.
+
+    A missing file would otherwise stop training at the first batch that samples it, hours in.
+    Each folder is listed once, rather than one ``stat`` per image: about 0.2 s for a folder of
+    COCO's 118k images.
+
+    Args:
+        dicts: the dataset dicts (``file_name`` absolute or relative to the working directory).
+        name, json_file, image_root, hint: for the message.
+    """
+    by_folder: dict[str, list[str]] = {}
+    for d in dicts:
+        folder, base = os.path.split(d["file_name"])
+        by_folder.setdefault(folder, []).append(base)
+    missing = []
+    for folder, names in by_folder.items():
+        try:
+            present = set(os.listdir(folder))
+        except OSError:  # a folder that is gone, or no folder
+            present = set()
+        missing += [os.path.join(folder, n) for n in names if n not in present]
+    if missing:
+        first = ", ".join(os.path.relpath(f, image_root) for f in missing[:5])
+        raise InputError(
+            f"Dataset {name!r}: {len(missing)} of the {len(dicts)} images that {json_file!r} "
+            f"annotates are missing from {image_root!r} (first: {first}). Restore them, or "
+            f"remove their entries from the annotation file. {hint}".rstrip()
+        )
 
 
 def register_coco_dataset(

@@ -132,7 +132,9 @@ def _pseudo_mapper(cfg: CfgNode) -> PolicyDatasetMapper:
     pseudo_cfg = cfg.clone()
     pseudo_cfg.defrost()
     pseudo_cfg.SSDET.AUGMENT.POLICY = policy
-    return PolicyDatasetMapper(pseudo_cfg, is_train=True)
+    # Score-weighted targets need the teacher's scores in the model's input.
+    keep_scores = cfg.SSDET.SELF_TRAINING.PSEUDO_CLS_TARGET == "score"
+    return PolicyDatasetMapper(pseudo_cfg, is_train=True, keep_scores=keep_scores)
 
 
 def _mixed_train_loader_from_config(

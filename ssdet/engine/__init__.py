@@ -1,5 +1,10 @@
 """ssdet's training engine and the setup its tools share."""
 
+from ssdet.engine.accumulation import (
+    AMPGradientAccumulationTrainer,
+    CPUAutocastGradientAccumulationTrainer,
+    GradientAccumulationTrainer,
+)
 from ssdet.engine.defaults import (
     argument_parser,
     format_ap_table,
@@ -18,9 +23,12 @@ from ssdet.engine.student import (
 from ssdet.engine.trainer import CPUAutocastTrainer, Trainer
 
 __all__ = [
+    "AMPGradientAccumulationTrainer",
     "AMPStudentTrainer",
+    "CPUAutocastGradientAccumulationTrainer",
     "CPUAutocastStudentTrainer",
     "CPUAutocastTrainer",
+    "GradientAccumulationTrainer",
     "PseudoLossWeighting",
     "SimpleStudentTrainer",
     "StudentTrainer",

@@ -57,6 +57,7 @@ from ssdet.data.pseudo_labels import (
     PseudoLabelFilter,
     PseudoLabelShardWriter,
     PseudoLabelStore,
+    check_shard,
     file_sha256,
     merge_shards,
 )
@@ -265,15 +266,21 @@ def labeling_argument_parser() -> argparse.ArgumentParser:
     parser = argument_parser(
         epilog="The teacher's weights are MODEL.WEIGHTS (config or trailing KEY VALUE options). "
         "--resume continues an interrupted run in --output: only chunks without a shard are "
-        "labeled."
+        "labeled. --verify STORE labels nothing: it checks a store's values and checksums."
     )
+    # Not required=True: --verify needs neither (tools/pseudo_label.py checks them).
     parser.add_argument(
         "--input",
-        required=True,
         help="registered dataset name (e.g. mini_imagenet_train, imagenet_train) or image folder "
-        "(<class>/<image> or flat)",
+        "(<class>/<image> or flat); required to label",
     )
-    parser.add_argument("--output", required=True, help="output directory of shards and store")
+    parser.add_argument("--output", help="output directory of shards and store; required to label")
+    parser.add_argument(
+        "--verify",
+        metavar="STORE",
+        help="check the store STORE (its values, and every column against the SHA-256 recorded "
+        "when it was built), print a summary and exit",
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -408,7 +415,8 @@ def prepare_labeling(
         The plan, to pass to :func:`label_images` on every rank.
 
     Raises:
-        InputError: missing weights, unknown input, bad sizes, an output directory of another run.
+        InputError: missing weights, unknown input, bad sizes, an output directory of another run,
+            or (``resume``) a damaged shard, named with the fix.
     """
     if chunk_size < 1:
         raise InputError(f"--chunk-size must be >= 1, got {chunk_size}")
@@ -474,6 +482,11 @@ def prepare_labeling(
         pending=(),
     )
     pending = tuple(k for k in range(plan.num_chunks) if not os.path.isfile(plan.shard_path(k)))
+    if resume:
+        # Read whole here (CRC-32s included): a damaged shard would otherwise fail the merge,
+        # after every other chunk is labeled, and on every rerun.
+        for chunk in sorted(set(range(plan.num_chunks)) - set(pending)):
+            check_shard(plan.shard_path(chunk))
     logger.info(
         "Labeling %d images of %r in %d chunks of %d (%d pending) into %s",
         len(listing),

@@ -48,7 +48,8 @@ and a rerun that would reuse a stage made with anything else stops with an error
 
 At the end ``OUTPUT_DIR/final_metrics.json`` holds the last student's results in the schema of
 :func:`~ssdet.engine.write_final_metrics`, plus the teacher's and every round's, and
-``OUTPUT_DIR/model_final.pth`` the last student's plain Detectron2 weights.
+``OUTPUT_DIR/model_final.pth`` the last student's plain Detectron2 weights, with
+``config_detectron2.yaml`` beside it to load them in stock Detectron2.
 
 Processes: the stages run one after the other, each under its own Detectron2 ``launch``, rather
 than one ``launch`` around the whole pipeline. The labeler checks its input and lists the images
@@ -62,6 +63,7 @@ process.
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -71,7 +73,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
 from detectron2.utils import comm
@@ -80,7 +82,14 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 import ssdet
-from ssdet.checkpoint import SsdetCheckpointer, is_loadable_checkpoint, load_checkpoint_file
+from ssdet.checkpoint import (
+    STOCK_CONFIG,
+    SsdetCheckpointer,
+    is_loadable_checkpoint,
+    load_checkpoint_file,
+    write_stock_config,
+)
+from ssdet.config import add_ssdet_config
 from ssdet.data.pseudo_labels import (
     PseudoLabelStoreError,
     check_pseudo_labels,
@@ -142,6 +151,7 @@ _SETUP_KEYS = (
     "SOLVER.WARMUP_ITERS",
     "SOLVER.WARMUP_FACTOR",
     "SSDET.SOLVER.OPTIMIZER",
+    "SSDET.SOLVER.GRAD_ACCUM_STEPS",
     "MODEL.WEIGHTS",
     "SSDET.INIT",
     "SSDET.INIT_WEIGHTS",
@@ -749,9 +759,26 @@ def _stage_spec(stage: Stage, plan: ExperimentPlan) -> dict[str, Any]:
     return json.loads(json.dumps(relative(spec)))
 
 
+@functools.lru_cache(maxsize=1)
+def _default_flat_config() -> dict[str, Any]:
+    """Detectron2's and ssdet's defaults, flattened and JSON round-tripped as specs store them."""
+    cfg = get_cfg()
+    add_ssdet_config(cfg)
+    return json.loads(json.dumps(_flat_config(cfg)))
+
+
 def _spec_differences(old: dict, new: dict) -> list[str]:
-    """``"KEY old -> new"`` for every config key and input that differs between two specs."""
+    """``"KEY old -> new"`` for every config key and input that differs between two specs.
+
+    A key the old spec lacks is no difference while the new spec has it at its default: ssdet
+    added the key after the stage was made, and the default keeps the old behaviour.
+    """
     old_config, new_config = old.get("config", {}), new.get("config", {})
+    defaults = _default_flat_config()
+    old_config = {
+        **{k: defaults[k] for k in new_config.keys() - old_config.keys() if k in defaults},
+        **old_config,
+    }
     differences = [
         f"{key} {old_config.get(key, '(absent)')!r} -> {new_config.get(key, '(absent)')!r}"
         for key in sorted(set(old_config) | set(new_config))
@@ -886,7 +913,9 @@ def _finish(plan: ExperimentPlan, pseudo_counts: list[dict], wall_time: float) -
     rounds = [student.results() for _, student in plan.rounds]
     control = _control_record(plan)
     last_student = plan.rounds[-1][1]
-    _export_student(last_student, os.path.join(plan.output_dir, FINAL_CHECKPOINT))
+    final_checkpoint = os.path.join(plan.output_dir, FINAL_CHECKPOINT)
+    _export_student(last_student, final_checkpoint)
+    write_stock_config(last_student.load_cfg(), final_checkpoint)
     stage_times = {}
     for stage in plan.stages:
         if stage.kind != "label":
@@ -908,6 +937,8 @@ def _finish(plan: ExperimentPlan, pseudo_counts: list[dict], wall_time: float) -
         # The wall time each training stage recorded (its last run, if it was resumed).
         "stage_wall_time_s": stage_times,
         "checkpoint": FINAL_CHECKPOINT,
+        # The checkpoint's config for stock Detectron2, beside it.
+        "detectron2_config": STOCK_CONFIG,
     }
     # Written last, atomically: its presence means the experiment finished.
     atomic_write_json(os.path.join(plan.output_dir, FINAL_METRICS), record)

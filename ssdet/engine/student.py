@@ -29,18 +29,31 @@ checkpointed with the trainer (Detectron2 itself restarts its average on resume)
 GroupNorm (the ImageNet-init backbones, the FPN and head of the mini configs) do not depend on the
 batch. Under DDP the forward(s) feed one backward, so every parameter receives one gradient and is
 reduced once (``find_unused_parameters`` stays False, as Detectron2 sets it).
+
+The peers' loss knobs act on the pseudo part only: ``PSEUDO_LOSS_TERM_WEIGHTS`` weighs single terms
+of its loss dict before they are summed into L_p (:class:`PseudoLossWeighting`), and
+``PSEUDO_CLS_TARGET "score"`` weighs the classification loss of each pseudo box by its teacher
+score (:mod:`ssdet.modeling.pseudo_targets`, applied around the pseudo part's loss computation in
+either way above). With ``SSDET.SOLVER.GRAD_ACCUM_STEPS`` K, a step draws K mixed batches and
+takes one optimizer step (:mod:`ssdet.engine.accumulation`); the loss moving averages and the
+foreground-count averages then update once per batch, K times per step.
+
+What the pseudo labels give the student is logged too: the boxes per pseudo-labeled image and
+per class, as the mapped batches hold them (after augmentation, without ignore regions), counted
+over the steps between two of Detectron2's metric writes.
 """
 
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
-from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import ImageList
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
@@ -48,8 +61,16 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ssdet.data.joint import JointBatch, add_classification_batches
 from ssdet.data.mixed import MixedBatch, build_mixed_train_loader
+from ssdet.data.pseudo_labels import read_metadata
+from ssdet.engine.accumulation import (
+    AMPGradientAccumulationTrainer,
+    CPUAutocastGradientAccumulationTrainer,
+    GradientAccumulationTrainer,
+    check_accumulation_steps,
+)
 from ssdet.engine.trainer import Trainer, uses_cpu_autocast
 from ssdet.modeling.noise import add_student_noise
+from ssdet.modeling.pseudo_targets import PSEUDO_CLS_TARGETS, score_weighted_classification
 from ssdet.utils.errors import InputError
 
 __all__ = [
@@ -72,6 +93,9 @@ _DIVERGENCE_HINTS = {
     PSEUDO: "Lower SOLVER.BASE_LR or SSDET.SELF_TRAINING.PSEUDO_LOSS_WEIGHT, or check the pseudo "
     "labels.",
 }
+# Detectron2's DefaultTrainer writes the metrics every 20 iterations (its PeriodicWriter); the
+# pseudo-label counts cover the same steps.
+_STATS_PERIOD = 20
 
 
 class StudentLoss(NamedTuple):
@@ -104,10 +128,16 @@ class PseudoLossWeighting:
     averaged over processes before the update, so every process has the same weight and a
     checkpoint resumes it exactly.
 
+    Before L_p is summed, single terms of the pseudo part's loss dict can be weighted
+    (``term_weights``, e.g. ``{"loss_box_reg": 0.0}``: no box regression on pseudo boxes); L_p,
+    its moving average and the logged ``loss_pseudo`` are of the weighted terms.
+
     Args:
         normalization: one of :data:`LOSS_NORMALIZATIONS`.
         pseudo_weight: alpha, >= 0.
         momentum: m in [0, 1).
+        term_weights: loss name -> weight >= 0 for terms of the pseudo loss dict; the other
+            terms weigh 1. A name the detector does not return raises at the first call.
     """
 
     @configurable
@@ -116,6 +146,7 @@ class PseudoLossWeighting:
         normalization: str = "moving_average",
         pseudo_weight: float = 1.0,
         momentum: float = 0.99,
+        term_weights: Mapping[str, float] | None = None,
     ):
         if normalization not in LOSS_NORMALIZATIONS:
             raise InputError(
@@ -130,6 +161,13 @@ class PseudoLossWeighting:
             raise InputError(
                 f"SSDET.SELF_TRAINING.LOSS_AVG_MOMENTUM must be in [0, 1), got {momentum}"
             )
+        term_weights = dict(term_weights or {})
+        negative = {name: w for name, w in term_weights.items() if not w >= 0}
+        if negative:
+            raise InputError(
+                f"SSDET.SELF_TRAINING.PSEUDO_LOSS_TERM_WEIGHTS must be >= 0, got {negative}"
+            )
+        self.term_weights = {name: float(w) for name, w in term_weights.items()}
         self.normalization = normalization
         self.moving_average = normalization == "moving_average"
         self.pseudo_weight = float(pseudo_weight)
@@ -146,10 +184,19 @@ class PseudoLossWeighting:
                 f"pseudo-label losses, but PSEUDO_RATIO {st.PSEUDO_RATIO} gives batches of one "
                 "part only; set LOSS_NORMALIZATION 'none'."
             )
+        term_weights = {}
+        for pair in st.PSEUDO_LOSS_TERM_WEIGHTS:
+            if len(pair) != 2 or not isinstance(pair[0], str) or pair[0] in term_weights:
+                raise InputError(
+                    "SSDET.SELF_TRAINING.PSEUDO_LOSS_TERM_WEIGHTS takes [loss name, weight] pairs "
+                    f"with one pair per name, e.g. [['loss_box_reg', 0.0]]; got {pair!r}"
+                )
+            term_weights[pair[0]] = float(pair[1])
         return {
             "normalization": st.LOSS_NORMALIZATION,
             "pseudo_weight": st.PSEUDO_LOSS_WEIGHT,
             "momentum": st.LOSS_AVG_MOMENTUM,
+            "term_weights": term_weights,
         }
 
     def __call__(
@@ -164,9 +211,14 @@ class PseudoLossWeighting:
 
         Returns:
             The objective and its terms.
+
+        Raises:
+            InputError: ``term_weights`` names a term that ``pseudo_losses`` lacks.
         """
         if not human_losses and not pseudo_losses:
             raise ValueError("the student's step needs the losses of at least one part")
+        if pseudo_losses and self.term_weights:
+            pseudo_losses = self._weigh_terms(pseudo_losses)
         loss_human = sum(human_losses.values()) if human_losses else None
         loss_pseudo = sum(pseudo_losses.values()) if pseudo_losses else None
         if loss_pseudo is None:
@@ -194,6 +246,20 @@ class PseudoLossWeighting:
             loss_human + weight * loss_pseudo, loss_human, loss_pseudo, weight, self.averages
         )
 
+    def _weigh_terms(self, pseudo_losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        unknown = sorted(set(self.term_weights) - set(pseudo_losses))
+        if unknown:
+            raise InputError(
+                f"SSDET.SELF_TRAINING.PSEUDO_LOSS_TERM_WEIGHTS names {unknown}, which the detector "
+                f"does not return; its pseudo-label loss terms are {', '.join(pseudo_losses)}."
+            )
+        # A weight of 0 multiplies rather than drops its term: every parameter stays in the graph,
+        # which DDP (find_unused_parameters False) needs when no other term reaches it.
+        return {
+            name: value * self.term_weights[name] if name in self.term_weights else value
+            for name, value in pseudo_losses.items()
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """The moving averages, as plain floats (None before the first step)."""
         return {"averages": None if self.averages is None else self.averages.tolist()}
@@ -219,13 +285,18 @@ def _one_aspect_group(images: list[dict]) -> bool:
     return len({_aspect_group(image) for image in images}) == 1
 
 
-class SimpleStudentTrainer(SimpleTrainer):
+class SimpleStudentTrainer(GradientAccumulationTrainer):
     """Detectron2's :class:`SimpleTrainer` with the student's step (see the module docstring).
 
     The data loader yields :class:`MixedBatch` pairs. Logged every ``gather_metric_period``
-    steps (averaged over processes): ``total_loss`` (the objective), ``loss_human``,
-    ``loss_pseudo``, ``pseudo_loss_weight``, ``loss_human_avg`` / ``loss_pseudo_avg`` (moving
-    averages), and each part's loss components as ``human/<name>`` and ``pseudo/<name>``.
+    steps (averaged over processes and accumulated batches): ``total_loss`` (the objective),
+    ``loss_human``, ``loss_pseudo``, ``pseudo_loss_weight``, ``loss_human_avg`` /
+    ``loss_pseudo_avg`` (moving averages), and each part's loss components as ``human/<name>``
+    and ``pseudo/<name>`` (before ``PSEUDO_LOSS_TERM_WEIGHTS``). Every ``stats_period`` steps
+    and at the last one, over those steps and all processes: ``pseudo_labels/images`` (the
+    pseudo-labeled images trained on), ``pseudo_labels/boxes_per_image`` (their pseudo boxes per
+    image) and ``pseudo_labels/boxes/<class>`` (the pseudo boxes of each class), as the mapped
+    images hold them: after the augmentation's crop, without ignore regions.
     With joint training the loader yields :class:`~ssdet.data.joint.JointBatch` pairs of a
     :class:`MixedBatch` and classification images, whose ``loss_joint_cls`` is added to the
     objective (outside the pseudo-label weighting) and logged. Metrics are written
@@ -236,7 +307,20 @@ class SimpleStudentTrainer(SimpleTrainer):
         loss_weighting: how L_h and L_p combine; default ``PseudoLossWeighting()``.
         one_forward: forward both parts as one batch when the model is a ``DenseDetector`` and
             the parts share an aspect-ratio group (see the module docstring).
+        pseudo_cls_target: one of :data:`~ssdet.modeling.pseudo_targets.PSEUDO_CLS_TARGETS`;
+            "score" needs a RetinaNet and pseudo instances with ``gt_scores``.
+        class_names: the names of the class ids, for the per-class counts; a class without one
+            is logged as ``class_<id>``.
+        stats_period: steps between two writes of the pseudo-label counts; default 20, the
+            period of Detectron2's ``DefaultTrainer`` metric writers.
+        max_iter: the training's ``max_iter``, at which the counts are also written; ``train``
+            sets it, but a ``DefaultTrainer`` runs this step without calling its ``train``.
+        accumulation_steps: mixed batches per optimizer step (see
+            :class:`~ssdet.engine.accumulation.GradientAccumulationTrainer`).
         kwargs: the other arguments of :class:`SimpleTrainer` (or :class:`AMPTrainer`).
+
+    Raises:
+        InputError: an unknown ``pseudo_cls_target``, or "score" with a model that is no RetinaNet.
     """
 
     def __init__(
@@ -246,40 +330,79 @@ class SimpleStudentTrainer(SimpleTrainer):
         optimizer: torch.optim.Optimizer,
         loss_weighting: PseudoLossWeighting | None = None,
         one_forward: bool = True,
+        pseudo_cls_target: str = "hard",
+        class_names: Sequence[str] = (),
+        stats_period: int = _STATS_PERIOD,
+        max_iter: int | None = None,
+        accumulation_steps: int = 1,
         **kwargs,
     ):
-        super().__init__(model, data_loader, optimizer, **kwargs)
+        super().__init__(
+            model, data_loader, optimizer, accumulation_steps=accumulation_steps, **kwargs
+        )
         self.loss_weighting = loss_weighting or PseudoLossWeighting()
         self.one_forward = one_forward
         detector = _unwrap(model)
         self._dense_detector = detector if isinstance(detector, DenseDetector) else None
+        if pseudo_cls_target not in PSEUDO_CLS_TARGETS:
+            raise InputError(
+                f"Unknown SSDET.SELF_TRAINING.PSEUDO_CLS_TARGET {pseudo_cls_target!r}; valid: "
+                f"{', '.join(PSEUDO_CLS_TARGETS)}"
+            )
+        if pseudo_cls_target == "score" and not isinstance(detector, RetinaNet):
+            raise InputError(
+                "SSDET.SELF_TRAINING.PSEUDO_CLS_TARGET 'score' weighs RetinaNet's focal loss, but "
+                f"the model is a {type(detector).__name__}; set it to 'hard'."
+            )
+        self.pseudo_cls_target = pseudo_cls_target
         # Each part's foreground-count average of a DenseDetector; None = not started.
         self._loss_normalizers: dict[str, float | None] = {HUMAN: None, PSEUDO: None}
+        self.class_names = list(class_names)
+        self.stats_period = stats_period
+        if max_iter is not None:
+            self.max_iter = max_iter
+        # This process's pseudo-labeled images and boxes per class since the last stats write.
+        self._pseudo_images = 0
+        self._pseudo_boxes = torch.zeros(len(self.class_names), dtype=torch.int64)
 
     def run_step(self) -> None:
-        """One step: forward both parts, combine their losses, backward, log, update."""
+        """One step: per batch, forward both parts, combine their losses, backward; then log
+        and update."""
         assert self.model.training, "[SimpleStudentTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        batch: MixedBatch | JointBatch = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        classification = None
-        if isinstance(batch, JointBatch):
-            batch, classification = batch.detection, batch.classification
+        steps = self.accumulation_steps
+        data_time = 0.0
+        value_sums: dict[str, float] = {}
+        for micro in range(steps):
+            start = time.perf_counter()
+            batch: MixedBatch | JointBatch = next(self._data_loader_iter)
+            data_time += time.perf_counter() - start
+            classification = None
+            if isinstance(batch, JointBatch):
+                batch, classification = batch.detection, batch.classification
+            self._count_pseudo_labels(batch.pseudo)
 
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        with self._autocast():
-            loss_dicts = self._detection_losses(batch)
-            # Through the (DDP-wrapped) model, so that the joint head's gradients are reduced.
-            joint_losses = self.model(classification) if classification is not None else {}
-        loss = self.loss_weighting(loss_dicts.get(HUMAN, {}), loss_dicts.get(PSEUDO, {}))
-        if joint_losses:
-            loss = loss._replace(total=loss.total + sum(joint_losses.values()))
-        if not self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        self._backward(loss.total)
+            if micro == 0 and self.zero_grad_before_forward:
+                self.optimizer.zero_grad()
+            with self._gradient_sync(micro):
+                with self._autocast():
+                    loss_dicts = self._detection_losses(batch)
+                    # Through the (DDP-wrapped) model, so that the joint head's gradients are
+                    # reduced.
+                    joint_losses = self.model(classification) if classification is not None else {}
+                loss = self.loss_weighting(loss_dicts.get(HUMAN, {}), loss_dicts.get(PSEUDO, {}))
+                if joint_losses:
+                    loss = loss._replace(total=loss.total + sum(joint_losses.values()))
+                if micro == 0 and not self.zero_grad_before_forward:
+                    self.optimizer.zero_grad()
+                # Without accumulation the loss as it is, so that the default step is unchanged.
+                self._backward(loss.total / steps if steps > 1 else loss.total)
+            for name, value in self._checked_values(loss_dicts, loss, joint_losses).items():
+                value_sums[name] = value_sums.get(name, 0.0) + value
         self.after_backward()
-        self._check_and_write_metrics(loss_dicts, loss, data_time, joint_losses)
+        if (self.iter + 1) % self.gather_metric_period == 0:
+            values = {name: value / steps for name, value in value_sums.items()}
+            self._write_student_metrics(values, data_time)
+        self._write_pseudo_label_stats()
         self._optimizer_step()
 
     def _detection_losses(self, batch: MixedBatch) -> dict[str, dict[str, torch.Tensor]]:
@@ -305,7 +428,7 @@ class SimpleStudentTrainer(SimpleTrainer):
             }
         loss_dicts = {}
         for part, images in parts.items():
-            with self._part_normalizer(part):
+            with self._part_losses(part):
                 loss_dicts[part] = self.model(images)
         return loss_dicts
 
@@ -324,7 +447,7 @@ class SimpleStudentTrainer(SimpleTrainer):
                 part_features = [f[rows] for f in features]
                 # predictions: per output kind (logits, deltas, ...), a list over levels of (N, ...)
                 part_predictions = [[level[rows] for level in kind] for kind in predictions]
-                with self._part_normalizer(part):
+                with self._part_losses(part):
                     part_losses = forward_training(
                         detector, part_images, part_features, part_predictions, gt_instances[rows]
                     )
@@ -337,6 +460,17 @@ class SimpleStudentTrainer(SimpleTrainer):
             yield
         finally:
             del detector.forward_training
+
+    @contextlib.contextmanager
+    def _part_losses(self, part: str) -> Iterator[None]:
+        """Within: a part's losses, with its own foreground-count average and, for the pseudo
+        part with ``pseudo_cls_target`` "score", the score-weighted classification loss."""
+        with self._part_normalizer(part):
+            if part == PSEUDO and self.pseudo_cls_target == "score":
+                with score_weighted_classification(self._dense_detector):
+                    yield
+            else:
+                yield
 
     @contextlib.contextmanager
     def _part_normalizer(self, part: str) -> Iterator[None]:
@@ -354,23 +488,13 @@ class SimpleStudentTrainer(SimpleTrainer):
         yield
         self._loss_normalizers[part] = getattr(detector, "loss_normalizer", None)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def _optimizer_step(self) -> None:
-        self.optimizer.step()
-
-    def _check_and_write_metrics(
+    def _checked_values(
         self,
         loss_dicts: dict[str, dict[str, torch.Tensor]],
         loss: StudentLoss,
-        data_time: float,
         joint_losses: Mapping[str, torch.Tensor] | None = None,
-    ) -> None:
-        """Stop on a non-finite loss, naming the part; write the metrics every period.
+    ) -> dict[str, float]:
+        """One batch's logged scalars as floats, after a stop on a non-finite loss.
 
         Raises:
             FloatingPointError: a part's loss (or the combined loss) is infinite or NaN.
@@ -410,8 +534,7 @@ class SimpleStudentTrainer(SimpleTrainer):
             raise FloatingPointError(
                 f"The combined loss became infinite or NaN at iteration {self.iter}: {values}"
             )
-        if (self.iter + 1) % self.gather_metric_period == 0:
-            self._write_student_metrics(values, data_time)
+        return values
 
     def _write_student_metrics(self, values: dict[str, float], data_time: float) -> None:
         # As SimpleTrainer.write_metrics, but total_loss is the weighted objective, not the sum of
@@ -428,6 +551,49 @@ class SimpleStudentTrainer(SimpleTrainer):
                 **{k: sum(v[k] for v in all_values) / len(all_values) for k in all_values[0]},
             )
 
+    def _count_pseudo_labels(self, images: list[dict]) -> None:
+        """Add a batch's pseudo-labeled images and their boxes per class to the counts."""
+        # A mapped training image always has instances (maybe none); a toy model's input may not.
+        instances = [image["instances"] for image in images if "instances" in image]
+        if not instances:
+            return
+        self._pseudo_images += len(instances)
+        classes = torch.cat([i.gt_classes.cpu() for i in instances])
+        classes = classes[classes >= 0]  # ignore regions have class -1
+        counts = torch.bincount(classes, minlength=len(self._pseudo_boxes))
+        growth = len(counts) - len(self._pseudo_boxes)
+        if growth > 0:  # a class id beyond class_names
+            self._pseudo_boxes = F.pad(self._pseudo_boxes, (0, growth))
+        self._pseudo_boxes += counts
+
+    def _write_pseudo_label_stats(self) -> None:
+        """At the end of a stats period (and of training), log the period's pseudo-label counts
+        over all processes, and start the next period."""
+        last = self.iter + 1 == getattr(self, "max_iter", None)
+        # Every process has the same number of pseudo-labeled images per batch: all of them or
+        # none skip the gather.
+        if self._pseudo_images == 0 or not ((self.iter + 1) % self.stats_period == 0 or last):
+            return
+        counts = comm.gather((self._pseudo_images, self._pseudo_boxes.tolist()))
+        self._pseudo_images = 0
+        self._pseudo_boxes.zero_()
+        if not comm.is_main_process():
+            return
+        images = sum(n for n, _ in counts)
+        per_class = [0] * max(len(boxes) for _, boxes in counts)
+        for _, boxes in counts:
+            for c, n in enumerate(boxes):
+                per_class[c] += n
+        scalars = {
+            "pseudo_labels/images": images,
+            "pseudo_labels/boxes_per_image": sum(per_class) / images,
+        }
+        for c, n in enumerate(per_class):
+            name = self.class_names[c] if c < len(self.class_names) else f"class_{c}"
+            scalars[f"pseudo_labels/boxes/{name}"] = n
+        # Not smoothed: each value is already the period's.
+        get_event_storage().put_scalars(cur_iter=self.iter, smoothing_hint=False, **scalars)
+
     def state_dict(self) -> dict[str, Any]:
         ret = super().state_dict()
         ret["loss_weighting"] = self.loss_weighting.state_dict()
@@ -440,7 +606,7 @@ class SimpleStudentTrainer(SimpleTrainer):
         self._loss_normalizers = dict(state_dict["loss_normalizers"])
 
 
-class AMPStudentTrainer(SimpleStudentTrainer, AMPTrainer):
+class AMPStudentTrainer(SimpleStudentTrainer, AMPGradientAccumulationTrainer):
     """The student's step in mixed precision, as Detectron2's :class:`AMPTrainer` does it.
 
     Forwards run under ``torch.autocast("cuda")``; the loss is scaled by the grad scaler.
@@ -450,26 +616,11 @@ class AMPStudentTrainer(SimpleStudentTrainer, AMPTrainer):
         assert torch.cuda.is_available(), "[AMPStudentTrainer] CUDA is required for AMP training!"
         super().run_step()
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=self.precision)
 
-    def _backward(self, loss: torch.Tensor) -> None:
-        self.grad_scaler.scale(loss).backward()
-        if self.log_grad_scaler:
-            get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
-
-    def _optimizer_step(self) -> None:
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
-
-
-class CPUAutocastStudentTrainer(SimpleStudentTrainer):
+class CPUAutocastStudentTrainer(SimpleStudentTrainer, CPUAutocastGradientAccumulationTrainer):
     """The student's step with its forwards in bfloat16 autocast on the CPU (no loss scaling:
     bfloat16 has float32's exponent range); see :func:`~ssdet.engine.trainer.uses_cpu_autocast`.
     """
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 class StudentTrainer(Trainer):
@@ -479,8 +630,9 @@ class StudentTrainer(Trainer):
     :func:`~ssdet.data.mixed.build_mixed_train_loader` (labeled subset + the pseudo-label store),
     the model gets ``SSDET.NOISE`` (:func:`~ssdet.modeling.noise.add_student_noise`), and the
     step is :class:`SimpleStudentTrainer` (:class:`AMPStudentTrainer` with
-    ``SOLVER.AMP.ENABLED``). Checkpointing, hooks, the LR schedule and evaluation are Detectron2's;
-    the checkpoint also holds the loss moving averages.
+    ``SOLVER.AMP.ENABLED``), with ``SSDET.SELF_TRAINING``'s loss knobs and
+    ``SSDET.SOLVER.GRAD_ACCUM_STEPS`` batches per optimizer step. Checkpointing, hooks, the LR
+    schedule and evaluation are Detectron2's; the checkpoint also holds the loss moving averages.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -488,7 +640,15 @@ class StudentTrainer(Trainer):
             # PreciseBN feeds the train loader's batches to the model as they are; the student's
             # are (human, pseudo) pairs.
             raise InputError("TEST.PRECISE_BN is not supported by the student; disable it.")
-        loss_weighting = PseudoLossWeighting(cfg)  # validate the config before building anything
+        # Validate the config before building anything.
+        loss_weighting = PseudoLossWeighting(cfg)
+        st = cfg.SSDET.SELF_TRAINING
+        if st.PSEUDO_CLS_TARGET not in PSEUDO_CLS_TARGETS:
+            raise InputError(
+                f"Unknown SSDET.SELF_TRAINING.PSEUDO_CLS_TARGET {st.PSEUDO_CLS_TARGET!r}; valid: "
+                f"{', '.join(PSEUDO_CLS_TARGETS)}"
+            )
+        accumulation_steps = check_accumulation_steps(cfg.SSDET.SOLVER.GRAD_ACCUM_STEPS)
         super().__init__(cfg)
         trainer_class = SimpleStudentTrainer
         if uses_cpu_autocast(cfg):
@@ -502,7 +662,16 @@ class StudentTrainer(Trainer):
             self._trainer.data_loader,
             self._trainer.optimizer,
             loss_weighting=loss_weighting,
-            one_forward=cfg.SSDET.SELF_TRAINING.ONE_FORWARD,
+            one_forward=st.ONE_FORWARD,
+            pseudo_cls_target=st.PSEUDO_CLS_TARGET,
+            # The train loader has opened the store: its metadata is there and readable.
+            class_names=(
+                read_metadata(cfg.SSDET.PSEUDO_LABELS.STORE)["class_names"]
+                if st.PSEUDO_RATIO > 0
+                else ()
+            ),
+            max_iter=self.max_iter,
+            accumulation_steps=accumulation_steps,
         )
 
     @classmethod

@@ -10,11 +10,17 @@ from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from ssdet.checkpoint import SsdetCheckpointerMixin
+from ssdet.checkpoint import FINAL_CHECKPOINT, SsdetCheckpointerMixin, write_stock_config
 from ssdet.data import check_num_classes, check_registered, get_labeled_dataset_dicts
 from ssdet.data.augment import PolicyDatasetMapper
 from ssdet.data.joint import add_classification_batches
-from ssdet.engine.joint import JointTrainerMixin
+from ssdet.engine.accumulation import (
+    AMPGradientAccumulationTrainer,
+    CPUAutocastGradientAccumulationTrainer,
+    GradientAccumulationTrainer,
+    check_accumulation_steps,
+)
+from ssdet.engine.joint import DETECTOR_CHECKPOINT, JointTrainerMixin
 from ssdet.evaluation import FastCOCOEvaluator
 from ssdet.modeling.init import apply_backbone_init
 from ssdet.solver import build_optimizer
@@ -68,7 +74,9 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
     (:class:`~ssdet.engine.joint.JointTrainerMixin`).
 
     With ``SOLVER.AMP.ENABLED`` on a CPU device, the step runs in bfloat16 autocast
-    (:class:`CPUAutocastTrainer`); on a GPU it is Detectron2's ``AMPTrainer``.
+    (:class:`CPUAutocastTrainer`); on a GPU it is Detectron2's ``AMPTrainer``. With
+    ``SSDET.SOLVER.GRAD_ACCUM_STEPS`` > 1 each step accumulates that many batches
+    (:mod:`ssdet.engine.accumulation`).
 
     Checkpointing, the LR schedule, periodic evaluation, logging and ``launch`` are Detectron2's;
     checkpoints are read and written by :class:`~ssdet.checkpoint.SsdetCheckpointer` (no code runs
@@ -76,10 +84,26 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
+        accumulation_steps = check_accumulation_steps(cfg.SSDET.SOLVER.GRAD_ACCUM_STEPS)
         super().__init__(cfg)
-        if uses_cpu_autocast(cfg):
+        inner = self._trainer
+        if accumulation_steps > 1:
+            # Several batches per optimizer step (ssdet.engine.accumulation), in the precision
+            # that the step below would have.
+            if uses_cpu_autocast(cfg):
+                step_class = CPUAutocastGradientAccumulationTrainer
+            elif cfg.SOLVER.AMP.ENABLED:
+                step_class = AMPGradientAccumulationTrainer
+            else:
+                step_class = GradientAccumulationTrainer
+            self._trainer = step_class(
+                inner.model,
+                inner.data_loader,
+                inner.optimizer,
+                accumulation_steps=accumulation_steps,
+            )
+        elif uses_cpu_autocast(cfg):
             # DefaultTrainer picks AMPTrainer, which refuses to run without CUDA.
-            inner = self._trainer
             self._trainer = CPUAutocastTrainer(inner.model, inner.data_loader, inner.optimizer)
 
     @classmethod
@@ -112,9 +136,17 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
         """Train, then return the final evaluation (``{dataset: {"bbox": metrics}}``).
 
         ``DefaultTrainer.train`` returns it only when ``TEST.EXPECTED_RESULTS`` is set; its
-        ``EvalHook`` evaluates after the last iteration either way and keeps the result.
+        ``EvalHook`` evaluates after the last iteration either way and keeps the result. The
+        final weights get ``config_detectron2.yaml`` beside them, which loads them in stock
+        Detectron2 (:mod:`ssdet.checkpoint.stock_config`).
         """
         super().train()
+        # A joint model's final checkpoint keeps its classification head, for resuming; the
+        # detector alone is the model a Detectron2 config builds.
+        name = DETECTOR_CHECKPOINT if self.cfg.SSDET.JOINT.ENABLED else FINAL_CHECKPOINT
+        weights = os.path.join(self.cfg.OUTPUT_DIR, name)
+        if comm.is_main_process() and os.path.isfile(weights):
+            write_stock_config(self.cfg, weights)
         return getattr(self, "_last_eval_results", None)
 
     def resume_or_load(self, resume: bool = True) -> None:

@@ -161,6 +161,16 @@ class PretrainTrainer(SsdetCheckpointerMixin, DefaultTrainer):
     ResNet to ``OUTPUT_DIR/backbone_final.pth`` (:data:`BACKBONE_FILE`).
     """
 
+    def __init__(self, cfg: CfgNode):
+        if cfg.SSDET.SOLVER.GRAD_ACCUM_STEPS != 1:
+            # SimCLR's negatives are the other images of the batch: several small batches are
+            # not one large batch.
+            raise InputError(
+                "SSDET.SOLVER.GRAD_ACCUM_STEPS is for detector training; pre-training takes one "
+                "batch per step: set it to 1 (and SOLVER.IMS_PER_BATCH to the batch)."
+            )
+        super().__init__(cfg)
+
     @classmethod
     def build_model(cls, cfg: CfgNode) -> PretrainModel:
         splits = load_pretrain_splits(cfg)

@@ -10,6 +10,7 @@ import errno
 import fcntl
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -37,10 +38,10 @@ def output_dir_lock(output_dir: str, advice: str = "") -> Iterator[int]:
         The lock file's descriptor.
 
     Raises:
-        InputError: another live process holds the lock; the message names its PID.
+        InputError: another live process holds the lock (the message names its PID), or the
+            folder cannot be created or written.
     """
-    os.makedirs(output_dir, exist_ok=True)
-    fd = os.open(os.path.join(output_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(output_dir)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -58,6 +59,21 @@ def output_dir_lock(output_dir: str, advice: str = "") -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _open_lock_file(output_dir: str) -> int:
+    """The lock file's descriptor; InputError when the folder does not take new files."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        # The lock file of an earlier run opens even in a folder made read-only since: only a new
+        # file shows that the run's checkpoints and logs can be written.
+        tempfile.TemporaryFile(dir=output_dir).close()
+        return os.open(os.path.join(output_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise InputError(
+            f"Cannot write to the output folder {output_dir}: {e.strerror or e}. Choose another "
+            "output folder, or make this one writable."
+        ) from e
 
 
 def _describe_holder(fd: int) -> str:

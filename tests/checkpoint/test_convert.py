@@ -3,14 +3,17 @@ features in Detectron2's ResNet; bad checkpoints are refused with a message."""
 
 import importlib.util
 import os
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
 
 from ssdet.checkpoint import (
     FORMAT_NAME,
@@ -19,11 +22,12 @@ from ssdet.checkpoint import (
     save_backbone_checkpoint,
     torchvision_to_detectron2_key,
 )
+from ssdet.engine.defaults import load_cfg
 from ssdet.modeling.backbone import build_ssdet_resnet_backbone
 from ssdet.modeling.init import load_resnet_state_dict
 from ssdet.utils.errors import InputError
 
-from ..conftest import REPO
+from ..conftest import REPO, RunsCommand
 
 
 def randomized_torchvision_resnet(name: str, seed: int = 0) -> torch.nn.Module:
@@ -280,6 +284,114 @@ def test_save_refuses_state_dict_that_does_not_fit_arch(tmp_path):
             "supervised",
         )
     assert not (tmp_path / "x.pth").exists()
+
+
+def randomized_detectron2_resnet(depth: int, width: int, seed: int = 0) -> torch.nn.Module:
+    """A Detectron2 ResNet with random weights and random BN statistics and affine terms."""
+    torch.manual_seed(seed)
+    net = detectron2_resnet(depth, "BN", width=width)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0.0, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0.0, 0.2)
+    return net.eval()
+
+
+def write_pickle(path, obj) -> str:
+    # Protocol 2, as Detectron2's tools/convert-torchvision-to-d2.py writes its .pkl files.
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "author,width,source_format,flipped",
+    [
+        # convert-torchvision-to-d2.py's output: RGB weights, flipped for the BGR target.
+        ("torchvision", 64, "detectron2", True),
+        # A bare dict of arrays at the mini world's half width: Detectron2's BGR, kept.
+        (None, 32, "auto", False),
+    ],
+)
+def test_detectron2_pkl_converts_and_gives_same_features(
+    tmp_path, capsys, author, width, source_format, flipped
+):
+    net = randomized_detectron2_resnet(18, width)
+    arrays = {k: v.numpy() for k, v in net.state_dict().items()}
+    assert any(k.endswith("num_batches_tracked") for k in arrays)
+    if author is None:
+        content = arrays
+    else:
+        content = {"model": arrays, "__author__": author, "matching_heuristics": True}
+    source = write_pickle(tmp_path / "R-18.pkl", content)
+    output = str(tmp_path / "converted.pth")
+    tool = load_tool()
+    tool.main(tool.parse_args(["--input", source, "--output", output, "--format", source_format]))
+    stdout = capsys.readouterr().out
+    assert "source format: detectron2" in stdout
+    assert ("(the source's RGB, stem flipped)" in stdout) == flipped
+
+    checkpoint = load_backbone_checkpoint(output)
+    assert checkpoint["arch"] == {
+        "depth": 18,
+        "stem_out_channels": width,
+        "res2_out_channels": width,
+    }
+    assert checkpoint["extra"]["source_format"] == "detectron2"
+    assert checkpoint["extra"]["source_input_format"] == ("RGB" if flipped else "BGR")
+    fresh = detectron2_resnet(18, "BN", width=width).eval()
+    keys = load_resnet_state_dict(fresh, checkpoint["model"], output)
+    assert not keys["missing"] and not keys["unused"]
+    net, fresh = net.double(), fresh.double()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = net(x)["res5"]
+        got = fresh(x.flip(1) if flipped else x)["res5"]
+    assert expected.std() > 0.1
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_detectors_bottom_up_resnet_is_converted(tmp_path):
+    # A Detectron2 training checkpoint of an ssdet detector (the instant test's narrow R18 FPN):
+    # the ResNet under backbone.bottom_up., the FPN and the heads dropped.
+    cfg = load_cfg(os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml"))
+    torch.manual_seed(0)
+    detector = build_model(cfg)
+    path = save_state(
+        tmp_path, "model_final.pth", {"model": detector.state_dict(), "iteration": 39}
+    )
+    conversion = convert_checkpoint(path)
+    assert conversion.source_format == "detectron2"
+    assert conversion.prefix == "backbone.bottom_up."
+    assert conversion.arch == {"depth": 18, "stem_out_channels": 16, "res2_out_channels": 16}
+    assert not conversion.unmatched and not conversion.missing
+    reasons = set(conversion.dropped.values())
+    assert "not the bottom-up ResNet (a detector's FPN and heads)" in reasons
+    assert "backbone.fpn_lateral3.weight" in conversion.dropped
+    bottom_up = detector.backbone.bottom_up.state_dict()
+    assert set(conversion.model) == {k for k in bottom_up if not k.endswith("num_batches_tracked")}
+    for key, value in conversion.model.items():
+        assert torch.equal(value, bottom_up[key]), key
+
+
+def test_caffe2_names_and_pickles_that_run_code_are_refused(tmp_path):
+    blobs = {"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res2_0_branch2a_w": np.zeros(1)}
+    caffe2 = write_pickle(tmp_path / "R-50.pkl", {"blobs": blobs})
+    for source_format in ("detectron2", "auto"):
+        with pytest.raises(InputError, match=r"Caffe2 / Detectron1 names \(conv1_w"):
+            convert_checkpoint(caffe2, source_format)
+
+    # .pkl files are read by the restricted unpickler, never pickle.load (the tool prints the
+    # InputError as one error: line, see test_tool_reports_corrupt_file_as_one_error_line).
+    marker = tmp_path / "ran"
+    evil = {"model": {"stem.conv1.weight": RunsCommand(str(marker))}, "__author__": "someone"}
+    evil_pkl = write_pickle(tmp_path / "evil.pkl", evil)
+    for source_format in ("detectron2", "auto"):
+        with pytest.raises(InputError, match=r"Refused to load .*evil\.pkl.*calls posix\.system"):
+            convert_checkpoint(evil_pkl, source_format, trust_pickle=True)
+    assert not marker.exists()
 
 
 def load_tool():

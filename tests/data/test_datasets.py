@@ -79,6 +79,23 @@ def test_not_coco_and_empty(tiny_world, tmp_path):
         DatasetCatalog.get("t_empty")
 
 
+def test_missing_images_are_counted_and_named(tiny_world, tmp_path):
+    """Issue 16, item 9: found when the dataset is built, not when a batch samples the image."""
+    json_file, images = copy_mini(tiny_world, tmp_path)
+    shutil.copytree(images, tmp_path / "val")
+    names = sorted(d["file_name"] for d in json.load(open(json_file))["images"])
+    for name in names[:2]:
+        os.remove(tmp_path / "val" / name)
+    register_coco_dataset("t_missing_images", json_file, str(tmp_path / "val"), hint="H!")
+    with pytest.raises(InputError) as e:
+        DatasetCatalog.get("t_missing_images")
+    assert str(e.value) == (
+        f"Dataset 't_missing_images': 2 of the {len(names)} images that {json_file!r} annotates "
+        f"are missing from {str(tmp_path / 'val')!r} (first: {names[0]}, {names[1]}). Restore "
+        "them, or remove their entries from the annotation file. H!"
+    )
+
+
 def mini_cfg(tmp_path, **data):
     cfg = get_cfg()
     add_ssdet_config(cfg)

@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch import nn
 
+from ssdet.checkpoint import STOCK_CONFIG
 from ssdet.config import add_ssdet_config
 from ssdet.data.joint import ClassificationBatch, JointBatch
 from ssdet.data.mixed import MixedBatch
@@ -60,6 +61,11 @@ def check_exported_detector(cfg, model: JointRetinaNet) -> None:
     # The resumable checkpoint keeps the head.
     final = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=False)
     assert "joint_head.linear.weight" in final["model"]
+    # The config for stock Detectron2 loads the detector, not the checkpoint with the head.
+    stock = get_cfg()
+    stock.merge_from_file(os.path.join(cfg.OUTPUT_DIR, STOCK_CONFIG))
+    assert stock.MODEL.WEIGHTS == os.path.join(cfg.OUTPUT_DIR, DETECTOR_CHECKPOINT)
+    assert stock.MODEL.META_ARCHITECTURE == "RetinaNet"
 
 
 def test_joint_training_with_the_supervised_trainer(tiny_world, tmp_path):

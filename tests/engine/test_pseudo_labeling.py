@@ -1,6 +1,7 @@
 """Tests of the teacher's pseudo-labeling: exactness, resume, distribution, bad files, the CLI."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -224,6 +225,34 @@ def test_resume_after_kill_equals_uninterrupted_run(teacher, tmp_path, monkeypat
     # Resuming a finished run only merges again.
     again = _label(cfg, "mini_imagenet_val", killed, resume=True, **settings)
     _assert_same_stores(again, whole)
+
+
+def test_a_damaged_shard_or_store_is_named_and_its_fix_works(teacher, tmp_path):
+    """Issue 16, items 8 and 9: --resume names a damaged shard, and the fix, before labeling;
+    deleting it relabels its chunk, and --resume merges a damaged store again."""
+    cfg = _cfg(teacher, str(tmp_path))
+    out, settings = str(tmp_path / "out"), dict(batch_size=4, chunk_size=8)  # 24 images: 3 chunks
+    whole = _label(cfg, "mini_imagenet_val", out, **settings)
+    shard = os.path.join(out, "shards", "chunk-000001.npz")
+    data = open(shard, "rb").read()
+    open(shard, "wb").write(data[:-100])
+    damaged = f"pseudo-label shard {re.escape(shard)} is damaged .*Delete it and run " + re.escape(
+        "tools/pseudo_label.py --resume again"
+    )
+    with pytest.raises(InputError, match=damaged):
+        prepare_labeling(cfg, "mini_imagenet_val", out, resume=True, **settings)
+    os.remove(shard)
+    plan = prepare_labeling(cfg, "mini_imagenet_val", out, resume=True, **settings)
+    assert plan.pending == (1,)
+    _assert_same_stores(label_images(cfg, plan), whole)
+
+    heights = np.load(os.path.join(out, "store", "heights.npy"), mmap_mode="r+")
+    heights[0] = -1
+    heights.flush()
+    del heights
+    with pytest.raises(InputError, match=r"heights: 1 negative heights .*--resume"):
+        PseudoLabelStore.open(os.path.join(out, "store"))
+    _assert_same_stores(_label(cfg, "mini_imagenet_val", out, resume=True, **settings), whole)
 
 
 def test_missing_or_partial_weights_are_refused(teacher, tmp_path):

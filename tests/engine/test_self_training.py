@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from ssdet.data.pseudo_labels import file_sha256, read_metadata
@@ -179,6 +180,14 @@ def test_final_checkpoint_loads_into_a_stock_detectron2_model(experiment):
         os.path.join(output_dir, "round1", "student", "model_final.pth"), weights_only=True
     )
     assert all(torch.equal(v, student["model"][k]) for k, v in checkpoint["model"].items())
+    # Its config for stock Detectron2 is beside it (tests/engine/test_train_net.py runs one in a
+    # process without ssdet).
+    stock = get_cfg()
+    stock.merge_from_file(os.path.join(output_dir, record["detectron2_config"]))
+    assert stock.MODEL.WEIGHTS == os.path.join(output_dir, record["checkpoint"])
+    assert stock.MODEL.BACKBONE.NAME == "build_retinanet_resnet_any_width_fpn_backbone"
+    assert os.path.isfile(os.path.join(output_dir, "any_width_resnet.py"))
+    build_model(stock).load_state_dict(checkpoint["model"], strict=True)
 
 
 def test_rerun_skips_every_finished_stage(experiment):
@@ -550,3 +559,16 @@ def test_continuation_trains_after_the_student_and_is_skipped_when_finished(expe
         == (record["control"])
     )
     assert mtimes(output_dir, ["round1/continuation/final_metrics.json"]) == finished
+
+
+def test_a_key_added_to_ssdet_after_a_stage_was_made_is_no_difference_at_its_default():
+    from ssdet.engine.self_training import _spec_differences
+
+    key = "SSDET.SOLVER.GRAD_ACCUM_STEPS"  # a key the old stage.json lacks
+    old = {"kind": "train", "config": {"SOLVER.MAX_ITER": 20}}
+    new = {"kind": "train", "config": {"SOLVER.MAX_ITER": 20, key: 1}}
+    assert _spec_differences(old, new) == []
+    assert _spec_differences(old, {**new, "config": {**new["config"], key: 2}}) == [f"{key} 1 -> 2"]
+    assert _spec_differences(old, {**new, "config": {"SOLVER.MAX_ITER": 40, key: 1}}) == [
+        "SOLVER.MAX_ITER 20 -> 40"
+    ]

@@ -15,6 +15,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ssdet.data.mini_world import MINI_COCO_CLASSES
 from ssdet.data.mixed import MixedBatch
 from ssdet.engine.student import (
     AMPStudentTrainer,
@@ -101,6 +102,37 @@ def test_moving_averages_survive_a_state_dict_round_trip():
     a, b = original(*steps[2]), resumed(*steps[2])
     assert a.total.item() == pytest.approx(b.total.item())
     assert a.averages.tolist() == pytest.approx(b.averages.tolist())
+
+
+def test_pseudo_term_weights_apply_before_the_sum_and_its_normalization():
+    weighting = PseudoLossWeighting(
+        "moving_average", momentum=0.9, term_weights={"loss_box_reg": 0.0, "loss_cls": 2.0}
+    )
+    human, pseudo = losses(loss_cls=1, loss_box_reg=2), losses(loss_cls=3, loss_box_reg=5)
+    loss = weighting(human, pseudo)
+    # L_p = 2 * 3 + 0 * 5: the moving average and the weight are of the weighted terms.
+    assert loss.pseudo.item() == pytest.approx(6.0)
+    assert loss.averages.tolist() == pytest.approx([3.0, 6.0])
+    loss.total.backward()
+    assert pseudo["loss_box_reg"].grad.item() == 0.0
+    assert pseudo["loss_cls"].grad.item() == pytest.approx(2.0 * 3 / 6)
+    # The human-labeled images' terms are never weighted.
+    assert human["loss_box_reg"].grad.item() == 1.0
+
+
+def test_pseudo_term_weights_from_the_config_and_their_errors():
+    cfg = student_cfg()
+    cfg.SSDET.SELF_TRAINING.PSEUDO_LOSS_TERM_WEIGHTS = [["loss_box_reg", 0]]
+    weighting = PseudoLossWeighting(cfg)
+    assert weighting.term_weights == {"loss_box_reg": 0.0}
+    with pytest.raises(InputError, match=r"names \['loss_bbox'\].*terms are loss_cls"):
+        PseudoLossWeighting(term_weights={"loss_bbox": 0.0})(losses(loss_cls=1), losses(loss_cls=1))
+    for bad in ([["loss_cls"]], [["loss_cls", 1], ["loss_cls", 0]], [[0.5, "loss_cls"]]):
+        cfg.SSDET.SELF_TRAINING.PSEUDO_LOSS_TERM_WEIGHTS = bad
+        with pytest.raises(InputError, match="takes \\[loss name, weight\\] pairs"):
+            PseudoLossWeighting(cfg)
+    with pytest.raises(InputError, match="must be >= 0"):
+        PseudoLossWeighting(term_weights={"loss_cls": -1.0})
 
 
 # -------------------------------------------------------------------------------------------------
@@ -194,6 +226,91 @@ def test_trainer_state_holds_the_averages():
     resumed = toy_trainer()
     resumed.load_state_dict(state)
     assert torch.equal(resumed.loss_weighting.averages, trainer.loss_weighting.averages)
+
+
+class MeanToyDetector(ToyDetector):
+    """ToyDetector with its loss a mean over the images, as a detector's normalized losses."""
+
+    def forward(self, images: list[dict]) -> dict[str, torch.Tensor]:
+        x = torch.stack([d["x"] for d in images])
+        return {"loss_cls": (x * self.w).sum(dim=1).mean(), "loss_box_reg": self.w.pow(2).sum()}
+
+
+def test_two_accumulated_mixed_batches_equal_one_batch_of_both():
+    g = torch.Generator().manual_seed(0)
+
+    def part(num):
+        return [{"x": torch.randn(2, generator=g)} for _ in range(num)]
+
+    batches = [MixedBatch(part(2), part(2)) for _ in range(4)]
+    merged = [
+        MixedBatch(a.human + b.human, a.pseudo + b.pseudo) for a, b in (batches[0:2], batches[2:4])
+    ]
+    results = []
+    for data, steps in ((batches, 2), (merged, 1)):
+        model = MeanToyDetector()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        trainer = SimpleStudentTrainer(
+            model,
+            iter(data),
+            optimizer,
+            loss_weighting=PseudoLossWeighting("none", pseudo_weight=0.5),
+            accumulation_steps=steps,
+        )
+        with EventStorage() as storage:
+            run(trainer, 2, storage)
+            logged = {k: v for k, (v, _) in storage.latest().items() if "time" not in k}
+        results.append((model.w.detach(), logged))
+    (w_accumulated, logged_accumulated), (w_merged, logged_merged) = results
+    assert torch.allclose(w_accumulated, w_merged, atol=1e-6)
+    assert logged_accumulated.keys() == logged_merged.keys()
+    for key, value in logged_merged.items():
+        assert logged_accumulated[key] == pytest.approx(value, rel=1e-5), key
+
+
+def labeled(classes: list[int]) -> dict:
+    instances = Instances((8, 8))
+    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    return {"x": torch.tensor([0.0, 1.0]), "instances": instances}
+
+
+def test_pseudo_label_counts_per_image_and_class_over_each_period():
+    # Per step: pseudo images with 2 person boxes and an ignore region, and 1 dog box.
+    batches = itertools.repeat(
+        MixedBatch(
+            [{"x": torch.tensor([1.0, 0.0])}],
+            [
+                labeled([0, 0, -1]),
+                labeled([2]),
+            ],
+        )
+    )
+    trainer = toy_trainer(data=batches, class_names=["person", "car", "dog"], stats_period=3)
+    trainer.max_iter = 5
+    with EventStorage() as storage:
+        run(trainer, 5, storage)
+        history = {
+            name: [(it, v) for v, it in storage.history(name).values()]
+            for name in storage.histories()
+            if name.startswith("pseudo_labels/")
+        }
+    # A period of 3 steps (iterations 0-2), then the last 2 (iterations 3-4).
+    assert history == {
+        "pseudo_labels/images": [(2, 6), (4, 4)],
+        "pseudo_labels/boxes_per_image": [(2, 1.5), (4, 1.5)],
+        "pseudo_labels/boxes/person": [(2, 6), (4, 4)],
+        "pseudo_labels/boxes/car": [(2, 0), (4, 0)],
+        "pseudo_labels/boxes/dog": [(2, 3), (4, 2)],
+    }
+    # Written as they are, not smoothed over a window.
+    assert storage.latest_with_smoothing_hint(20)["pseudo_labels/boxes/dog"][0] == 2
+
+
+def test_pseudo_cls_target_errors():
+    with pytest.raises(InputError, match="valid: hard, score"):
+        toy_trainer(pseudo_cls_target="soft")
+    with pytest.raises(InputError, match="'score' weighs RetinaNet's focal loss.*ToyDetector"):
+        toy_trainer(pseudo_cls_target="score")
 
 
 def test_amp_step_composes_with_the_grad_scaler(monkeypatch):
@@ -320,12 +437,15 @@ def _count_backbone_calls(model) -> list[int]:
     return calls
 
 
-def test_one_forward_gives_each_part_the_losses_of_its_own_forward():
+@pytest.mark.parametrize("pseudo_cls_target", ["hard", "score"])
+def test_one_forward_gives_each_part_the_losses_of_its_own_forward(pseudo_cls_target):
     cfg = student_cfg()
     torch.manual_seed(0)
     human, pseudo = retinanet_batch(2, 6), retinanet_batch(2, 1)
     for image in human + pseudo:
         image["image"] = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    for image in pseudo:
+        image["instances"].gt_scores = torch.full((1,), 0.6)
     batch = MixedBatch(human, pseudo)
     one = _frozen_bn_retinanet(cfg)
     two = _frozen_bn_retinanet(cfg)
@@ -335,7 +455,11 @@ def test_one_forward_gives_each_part_the_losses_of_its_own_forward():
         calls = _count_backbone_calls(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         trainer = SimpleStudentTrainer(
-            model, itertools.repeat(batch), optimizer, one_forward=one_forward
+            model,
+            itertools.repeat(batch),
+            optimizer,
+            one_forward=one_forward,
+            pseudo_cls_target=pseudo_cls_target,
         )
         with EventStorage() as storage:
             run(trainer, 2, storage)  # the 2nd step uses the 1st step's averages and normalizers
@@ -433,3 +557,29 @@ def test_student_trainer_input_errors(tiny_world, tmp_path):
     cfg.SSDET.SELF_TRAINING.LOSS_NORMALIZATION = "mean"
     with pytest.raises(InputError, match="valid: none, moving_average"):
         StudentTrainer(cfg)
+
+
+def test_student_trainer_with_the_peers_loss_knobs(pseudo_store, tmp_path):
+    cfg = student_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.SSDET.PSEUDO_LABELS.STORE = pseudo_store
+    cfg.SSDET.SELF_TRAINING.PSEUDO_CLS_TARGET = "score"
+    cfg.SSDET.SELF_TRAINING.PSEUDO_LOSS_TERM_WEIGHTS = [["loss_box_reg", 0.0]]
+    cfg.SSDET.SOLVER.GRAD_ACCUM_STEPS = 2
+    cfg.SOLVER.MAX_ITER = 2
+    cfg.DATASETS.TEST = ()
+    trainer = StudentTrainer(cfg)
+    assert trainer._trainer.accumulation_steps == 2
+    assert trainer._trainer.pseudo_cls_target == "score"
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    records = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    last = records[-1]
+    # 2 steps of 2 batches of 2 pseudo-labeled images; one kept box per stored image, which the
+    # S4 policy's crop may cut away.
+    assert last["pseudo_labels/images"] == 8
+    assert 0 < last["pseudo_labels/boxes_per_image"] <= 1
+    per_class = {k: v for k, v in last.items() if k.startswith("pseudo_labels/boxes/")}
+    assert set(per_class) == {f"pseudo_labels/boxes/{name}" for name in MINI_COCO_CLASSES}
+    assert sum(per_class.values()) == last["pseudo_labels/boxes_per_image"] * 8
+    assert last["loss_pseudo"] == pytest.approx(last["pseudo/loss_cls"], rel=1e-4)

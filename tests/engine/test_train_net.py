@@ -8,6 +8,15 @@ import sys
 
 import pytest
 
+from ssdet.checkpoint import STOCK_CONFIG
+from ssdet.engine.defaults import load_cfg
+
+from ..checkpoint.test_stock_config import (
+    check_same_predictions,
+    ssdet_predictions,
+    stock_predictions,
+    val_image,
+)
 from ..conftest import REPO
 
 INSTANT = os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml")
@@ -74,6 +83,20 @@ def test_eval_only_reproduces_ap(trained):
     assert again["mini_coco_val"]["bbox"]["AP"] == pytest.approx(
         first["mini_coco_val"]["bbox"]["AP"], nan_ok=True
     )
+
+
+def test_model_loads_in_stock_detectron2(trained, tmp_path):
+    # The mini model is a narrow R18, which Detectron2's builder refuses: the config names the
+    # any-width builder, whose Detectron2-only module is copied beside it.
+    out, _ = trained
+    config = os.path.join(out, STOCK_CONFIG)
+    header = " ".join(line[2:].strip() for line in open(config) if line.startswith("# "))
+    assert "RES2_OUT_CHANNELS 64 for R18/R34, and this R18 has RES2_OUT_CHANNELS 16" in header
+    assert os.path.isfile(os.path.join(out, "any_width_resnet.py"))
+    image = val_image()
+    weights = os.path.join(out, "model_final.pth")
+    ours = ssdet_predictions(load_cfg(os.path.join(out, "config.yaml")), weights, image)
+    check_same_predictions(stock_predictions(config, image, tmp_path), ours)
 
 
 def test_resume_of_finished_run_does_not_retrain(trained):

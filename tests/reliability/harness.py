@@ -9,15 +9,22 @@ from ..conftest import REPO
 INSTANT = os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml")
 
 
-def start_tool(tool: str, *args: str) -> subprocess.Popen:
-    """``python tools/<tool> ARGS`` with one torch thread, started (not waited for)."""
+def start_tool(
+    tool: str, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """``python tools/<tool> ARGS`` with one torch thread, started (not waited for).
+
+    Args:
+        env: variables set on top of this process's environment.
+        prefix: a command that runs the tool, e.g. ``("unshare", "--user")``.
+    """
     return subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "tools", tool), *args],
+        [*prefix, sys.executable, os.path.join(REPO, "tools", tool), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
 
 

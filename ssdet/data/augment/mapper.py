@@ -4,7 +4,7 @@ import copy
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
@@ -41,7 +41,19 @@ class PolicyDatasetMapper(DatasetMapper):
 
     Everything else (image reading, annotation transforms, empty-instance filtering) is
     Detectron2's.
+
+    Args:
+        keep_scores: also give the instances ``gt_scores`` (float32 (K,)), the annotations'
+            ``"score"`` (the teacher's, in pseudo-label datasets), for score-weighted pseudo
+            targets (:mod:`ssdet.modeling.pseudo_targets`). Every non-crowd annotation must have
+            one.
+        kwargs: the arguments of Detectron2's ``DatasetMapper``.
     """
+
+    @configurable
+    def __init__(self, is_train: bool = True, *, keep_scores: bool = False, **kwargs):
+        super().__init__(is_train, **kwargs)
+        self.keep_scores = keep_scores
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict:
@@ -94,3 +106,24 @@ class PolicyDatasetMapper(DatasetMapper):
         if "annotations" in dataset_dict:
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
+
+    def _transform_annotations(self, dataset_dict: dict, transforms, image_shape) -> None:
+        if not self.keep_scores:
+            super()._transform_annotations(dataset_dict, transforms, image_shape)
+            return
+        # Detectron2's version builds the instances from the annotations' boxes and classes only
+        # and filters the empty ones; the same public steps here, with the scores set before the
+        # filter so that they stay aligned with the boxes. Pseudo labels have no masks or
+        # keypoints.
+        annotations = [a for a in dataset_dict.pop("annotations") if a.get("iscrowd", 0) == 0]
+        transformed = [
+            utils.transform_instance_annotations(
+                a, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
+            )
+            for a in annotations
+        ]
+        instances = utils.annotations_to_instances(transformed, image_shape)
+        instances.gt_scores = torch.tensor(
+            [float(a["score"]) for a in annotations], dtype=torch.float32
+        )
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)

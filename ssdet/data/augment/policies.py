@@ -20,6 +20,7 @@ from detectron2.data import transforms as T
 from ssdet.data.augment.autoaugment import AutoAugment
 from ssdet.data.augment.ops import FILL_VALUE, ScaleJitterCrop
 from ssdet.data.augment.randaugment import RANDAUGMENT_OPS, RandAugment
+from ssdet.utils.errors import InputError
 
 __all__ = [
     "DEFAULT_SCALE_RANGES",
@@ -41,7 +42,8 @@ DEFAULT_SCALE_RANGES = {
 
 def _check_policy_name(name: str) -> None:
     if name not in POLICY_NAMES:
-        raise ValueError(
+        # InputError (a ValueError): the tools report a config's bad value as one error line.
+        raise InputError(
             f"Unknown augmentation policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}"
         )
 
@@ -83,7 +85,7 @@ def build_policy(
         Augmentations to pass to a mapper, in order.
 
     Raises:
-        ValueError: for an unknown policy name.
+        InputError: for an unknown policy name (a ValueError).
     """
     _check_policy_name(name)
     if name == "D2":
@@ -128,7 +130,7 @@ def build_augmentation_policy(cfg: CfgNode, is_train: bool) -> list[T.Augmentati
         Augmentations to pass to a mapper, in order.
 
     Raises:
-        ValueError: for an unknown policy name (also when ``is_train`` is False).
+        InputError: for an unknown policy name (also when ``is_train`` is False).
     """
     augment = cfg.SSDET.AUGMENT
     _check_policy_name(augment.POLICY)

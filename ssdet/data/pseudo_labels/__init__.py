@@ -14,7 +14,9 @@ pseudo boxes. The life cycle here:
 The modules, one concern each:
 
 - ``store``: the on-disk format (documented there), provenance and metadata, the atomic store
-  builder, and the readers :class:`PseudoLabelStore` and :class:`ColumnReader`;
+  builder, the readers :class:`PseudoLabelStore` and :class:`ColumnReader`, and
+  :func:`verify_store`;
+- ``integrity``: the value checks every store passes when it opens and before it is published;
 - ``shards``: labeling's shard files and :func:`merge_shards`;
 - ``filter``: the student's filter and its :class:`PseudoLabelSelection`, the "no pseudo boxes"
   checks;
@@ -23,6 +25,8 @@ The modules, one concern each:
 - ``coco``: COCO JSON export and import;
 - ``report``: statistics of a selection (JSON, plot, summary, precision against ground truth).
   Not imported here (it needs matplotlib): import ``ssdet.data.pseudo_labels.report``.
+- ``visualize``: one image's stored boxes drawn as the filter keeps or drops them, with its
+  ground truth (``tools/visualize_pseudo_labels.py``). Not imported here either (matplotlib).
 """
 
 from ssdet.data.pseudo_labels.coco import (
@@ -47,6 +51,7 @@ from ssdet.data.pseudo_labels.filter import (
 from ssdet.data.pseudo_labels.shards import (
     SHARD_FORMAT_VERSION,
     PseudoLabelShardWriter,
+    check_shard,
     merge_shards,
 )
 from ssdet.data.pseudo_labels.store import (
@@ -58,6 +63,7 @@ from ssdet.data.pseudo_labels.store import (
     PseudoLabelStore,
     PseudoLabelStoreError,
     read_metadata,
+    verify_store,
 )
 from ssdet.utils.io import file_sha256
 
@@ -77,6 +83,7 @@ __all__ = [
     "PseudoLabelStore",
     "PseudoLabelStoreError",
     "check_pseudo_labels",
+    "check_shard",
     "export_coco_annotations",
     "export_coco_results",
     "file_sha256",
@@ -86,5 +93,6 @@ __all__ = [
     "merge_shards",
     "read_metadata",
     "register_pseudo_label_dataset",
+    "verify_store",
     "warn_if_almost_empty",
 ]

@@ -175,6 +175,11 @@ def import_coco_json(
 
     Returns:
         The new store, opened. Its score floor is recorded as 0 (unknown).
+
+    Raises:
+        InputError: the JSON is not of either form, or its values do not make a sound store
+            (empty or inverted boxes, duplicate image ids, ...; see
+            :mod:`~ssdet.data.pseudo_labels.integrity`).
     """
     with open(json_path) as f:
         data = json.load(f)
@@ -240,7 +245,7 @@ def import_coco_json(
         builder.save("boxes", xywh[order].astype(np.float32))
         builder.save("scores", scores[order])
         builder.save("classes", classes[order].astype(class_dtype(len(class_names))))
-        builder.commit(
+        return builder.commit(
             build_metadata(
                 provenance,
                 source="import_coco_json",
@@ -250,4 +255,3 @@ def import_coco_json(
                 failed_images=[],
             )
         )
-    return PseudoLabelStore.open(builder.output_dir)

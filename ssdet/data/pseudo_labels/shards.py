@@ -8,9 +8,12 @@ shard at a time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +34,15 @@ from ssdet.data.pseudo_labels.store import (
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open
 
-__all__ = ["SHARD_FORMAT_VERSION", "PseudoLabelShardWriter", "merge_shards"]
+__all__ = ["SHARD_FORMAT_VERSION", "PseudoLabelShardWriter", "check_shard", "merge_shards"]
 
 logger = logging.getLogger(__name__)
 
 SHARD_FORMAT_VERSION = 1
+
+# What reading a damaged .npz raises: a truncated or overwritten zip, a CRC-32 that does not match
+# (checked as a member is read to its end), a member that is no .npy array or is missing.
+_DAMAGE_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
 class PseudoLabelShardWriter:
@@ -181,7 +188,7 @@ class _ShardIndex:
 
     @classmethod
     def read(cls, path: str) -> _ShardIndex:
-        with np.load(path) as z:
+        with _reading_shard(path), np.load(path) as z:
             version = int(z["format_version"]) if "format_version" in z.files else None
             if version != SHARD_FORMAT_VERSION:
                 raise InputError(
@@ -202,6 +209,33 @@ class _ShardIndex:
                 score_floor=float(z["score_floor"]),
                 failed=failed,
             )
+
+
+@contextlib.contextmanager
+def _reading_shard(path: str) -> Iterator[None]:
+    """Turn the errors of reading a damaged shard into one :class:`InputError` with the fix."""
+    try:
+        yield
+    except InputError:
+        raise
+    except _DAMAGE_ERRORS as e:
+        raise InputError(
+            f"pseudo-label shard {path} is damaged ({type(e).__name__}: {e}). Delete it and run "
+            "tools/pseudo_label.py --resume again: the chunk of that shard is labeled again."
+        ) from e
+
+
+def check_shard(path: str | os.PathLike) -> None:
+    """Read a shard whole, so that its zip CRC-32s are checked, as :func:`merge_shards` will.
+
+    Raises:
+        InputError: the shard is damaged (naming it and the fix) or of another version.
+    """
+    path = os.fspath(path)
+    _ShardIndex.read(path)
+    with _reading_shard(path), np.load(path) as z:
+        for name in z.files:
+            z[name]
 
 
 def merge_shards(
@@ -227,8 +261,10 @@ def merge_shards(
         The merged store, opened.
 
     Raises:
-        InputError: shards disagree (score floor, class count), an image appears twice, or
-            (with ``provenance.listing_size``) listing images are missing.
+        InputError: a shard is damaged (its zip CRC-32s are checked as it is read), shards
+            disagree (score floor, class count), an image appears twice, (with
+            ``provenance.listing_size``) listing images are missing, or the merged columns have
+            bad values (checked, as the store's checksums are recorded, before it is published).
     """
     shards = [_ShardIndex.read(os.fspath(p)) for p in shard_paths]
     if not shards:
@@ -285,7 +321,7 @@ def merge_shards(
         for shard in shards:
             pos = position[start : start + len(shard.indices)]
             start += len(shard.indices)
-            with np.load(shard.path) as z:
+            with _reading_shard(shard.path), np.load(shard.path) as z:
                 heights[pos] = z["heights"]
                 widths[pos] = z["widths"]
                 rows = gather_ranges(image_offsets[pos], shard.box_counts)
@@ -295,7 +331,7 @@ def merge_shards(
                 name_bytes[gather_ranges(name_offsets[pos], shard.name_lengths)] = z[
                     "file_name_bytes"
                 ]
-        builder.commit(
+        store = builder.commit(
             build_metadata(
                 provenance,
                 source="merge_shards",
@@ -313,4 +349,4 @@ def merge_shards(
         m,
         len(failed),
     )
-    return PseudoLabelStore.open(builder.output_dir)
+    return store

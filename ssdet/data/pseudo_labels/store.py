@@ -11,8 +11,15 @@ On-disk store (a directory, format version 1). Every array is a ``.npy`` file th
 - ``boxes``             float32 (M, 4) XYXY in absolute pixels
 - ``scores``            float32 (M,)   teacher scores; score-descending within each image
 - ``classes``           int16 or int32 (M,) contiguous 0-based class ids (Detectron2's)
-- ``metadata.json``     provenance and counts, written last: a directory without a valid one is
-  refused. The whole directory is built under a temporary name and renamed into place.
+- ``metadata.json``     provenance, counts and the SHA-256 of every column file
+  (``column_sha256``), written last: a directory without a valid one is refused. The whole
+  directory is built under a temporary name and renamed into place.
+
+Opening a store checks its columns' dtypes, shapes and values
+(:func:`~ssdet.data.pseudo_labels.integrity.find_problems`: finite, ordered boxes, class ids in
+range, unique image ids, ...), not their checksums, which need every byte read:
+:func:`verify_store` (``tools/pseudo_label.py --verify STORE``) checks both. A store is checked
+the same way before it is published, so a build never leaves a store that does not open.
 
 Here: the format constants, :class:`LabelingProvenance` and the metadata, the ragged-array helpers
 the writers share (:func:`gather_ranges`, :func:`offsets_from_counts`, :func:`encode_strings`),
@@ -26,6 +33,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import math
 import mmap
 import os
@@ -37,8 +45,9 @@ from typing import Any
 
 import numpy as np
 
+from ssdet.data.pseudo_labels.integrity import find_problems
 from ssdet.utils.errors import InputError
-from ssdet.utils.io import atomic_write_json
+from ssdet.utils.io import atomic_write_json, file_sha256
 
 __all__ = [
     "FORMAT_NAME",
@@ -56,7 +65,10 @@ __all__ = [
     "gather_ranges",
     "offsets_from_counts",
     "read_metadata",
+    "verify_store",
 ]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "ssdet.pseudo_labels"
 FORMAT_VERSION = 1
@@ -77,7 +89,7 @@ _COLUMNS: dict[str, tuple[tuple[type, ...], int]] = {
 
 
 class PseudoLabelStoreError(InputError):
-    """Raised for a directory that is not a complete pseudo-label store."""
+    """Raised for a directory that is not a complete, sound pseudo-label store."""
 
 
 # -------------------------------------------------------------------------------------------------
@@ -287,16 +299,36 @@ class StoreBuilder:
         self._memmaps.append(array)
         return array
 
-    def commit(self, metadata: dict[str, Any]) -> None:
+    def commit(self, metadata: dict[str, Any]) -> PseudoLabelStore:
+        """Check the columns, record their checksums in the metadata and publish the store.
+
+        Args:
+            metadata: from :func:`build_metadata`; ``column_sha256`` is added.
+
+        Returns:
+            The published store, opened.
+
+        Raises:
+            PseudoLabelStoreError: a column has a bad shape or bad values; nothing is published.
+        """
         for array in self._memmaps:
             array.flush()
         self._memmaps.clear()
+        # Checked before the store appears, so that a build never leaves a store that won't open.
+        _check_values(
+            self.output_dir,
+            _map_columns(self.tmp_dir, metadata, shown_as=self.output_dir),
+            metadata,
+            building=True,
+        )
         for name in os.listdir(self.tmp_dir):
             fd = os.open(os.path.join(self.tmp_dir, name), os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        checksums = {n: file_sha256(os.path.join(self.tmp_dir, n + ".npy")) for n in _COLUMNS}
+        metadata = {**metadata, "column_sha256": checksums}
         # The metadata is the commit marker inside the directory, so it is written last.
         atomic_write_json(os.path.join(self.tmp_dir, METADATA_FILE), metadata)
         # mkdtemp creates an owner-only directory; a store is read by other jobs and users.
@@ -321,6 +353,161 @@ class StoreBuilder:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return PseudoLabelStore._reopen(self.output_dir)
+
+
+# -------------------------------------------------------------------------------------------------
+# Checking
+# -------------------------------------------------------------------------------------------------
+
+# How to replace a damaged store: the labeling run keeps its shards.
+_REBUILD_ADVICE = (
+    "Rebuild it: tools/pseudo_label.py --resume with the labeling run's --output merges its shards "
+    "again (or label again)."
+)
+
+
+def _map_columns(
+    path: str, metadata: dict[str, Any], shown_as: str | None = None
+) -> dict[str, np.memmap]:
+    """Memory-map a store's columns and check their dtypes and shapes against the metadata.
+
+    Args:
+        path: the directory holding the columns.
+        metadata: the store's metadata.
+        shown_as: the store's name in messages (default ``path``).
+
+    Raises:
+        PseudoLabelStoreError: "incomplete or not a pseudo-label store: ...".
+    """
+
+    def fail(why: str) -> PseudoLabelStoreError:
+        return PseudoLabelStoreError(
+            f"incomplete or not a pseudo-label store: {shown_as or path} ({why})"
+        )
+
+    columns = {}
+    for name, (dtypes, ndim) in _COLUMNS.items():
+        try:
+            array = np.load(os.path.join(path, name + ".npy"), mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise fail(f"cannot map {name}.npy: {e}") from e
+        if array.dtype.type not in dtypes or array.ndim != ndim:
+            raise fail(f"{name}.npy has dtype {array.dtype} and {array.ndim} dims")
+        columns[name] = array
+    try:
+        counts = metadata["counts"]
+        n, m = int(counts["images"]), int(counts["boxes"])
+        num_failed = int(counts["failed_images"])
+        class_names = list(metadata["class_names"])
+        float(metadata["score_floor"])  # PseudoLabelStore reads it
+    except (KeyError, TypeError, ValueError) as e:
+        raise fail(f"{METADATA_FILE} lacks the counts, class names or score floor: {e!r}") from e
+    if not all(isinstance(c, str) for c in class_names):
+        raise fail(f"{METADATA_FILE} has class names that are not strings")
+    if num_failed != len(metadata.get("failed_images") or []):
+        raise fail(
+            f"{METADATA_FILE} counts {num_failed} failed images but lists "
+            f"{len(metadata.get('failed_images') or [])}"
+        )
+    expected = {
+        "image_offsets": (n + 1,),
+        "image_ids": (n,),
+        "heights": (n,),
+        "widths": (n,),
+        "file_name_offsets": (n + 1,),
+        "boxes": (m, 4),
+        "scores": (m,),
+        "classes": (m,),
+    }
+    for name, shape in expected.items():
+        if columns[name].shape != shape:
+            raise fail(f"{name}.npy has shape {columns[name].shape}, expected {shape}")
+    offsets = columns["image_offsets"]
+    if offsets[0] != 0 or offsets[-1] != m:
+        raise fail(f"image_offsets run from {offsets[0]} to {offsets[-1]}, not over the {m} boxes")
+    name_offsets, num_bytes = columns["file_name_offsets"], len(columns["file_name_bytes"])
+    if name_offsets[0] != 0 or name_offsets[-1] != num_bytes:
+        raise fail(
+            f"file_name_offsets run from {name_offsets[0]} to {name_offsets[-1]}, not over the "
+            f"{num_bytes} bytes of file_name_bytes"
+        )
+    return columns
+
+
+def _check_values(
+    path: str, columns: dict[str, np.memmap], metadata: dict[str, Any], building: bool = False
+) -> None:
+    """Raise :class:`PseudoLabelStoreError` naming every bad value of the mapped columns.
+
+    Args:
+        path: the store, as named in the message.
+        columns: from :func:`_map_columns`.
+        metadata: the store's metadata.
+        building: the store is not published yet (its input is at fault, not the store).
+    """
+    reader = ColumnReader({n: (a.filename, int(a.offset)) for n, a in columns.items()}, columns)
+    try:
+        problems = find_problems(columns, len(metadata["class_names"]), reader.rows)
+    finally:
+        reader.close()
+    if not problems:
+        return
+    found = "; ".join(problems)
+    if building:
+        raise PseudoLabelStoreError(
+            f"Refusing to write pseudo-label store {path} ({metadata.get('source')}): its input "
+            f"has bad values: {found}."
+        )
+    raise PseudoLabelStoreError(
+        f"pseudo-label store {path} has bad values: {found}. The store was damaged or changed "
+        f"after it was built. {_REBUILD_ADVICE}"
+    )
+
+
+def verify_store(path: str | os.PathLike) -> str:
+    """Check a store completely: as :meth:`PseudoLabelStore.open` does, and every column file's
+    SHA-256 against the ``column_sha256`` recorded in metadata.json when it was built.
+
+    Reads every byte of the store (about 0.2 s per 300 MB at SHA-256's speed). A store built before
+    ssdet recorded checksums gets the other checks only, and the summary says so.
+
+    Args:
+        path: the store directory.
+
+    Returns:
+        A one-line summary of what was checked.
+
+    Raises:
+        PseudoLabelStoreError: a column's bytes differ from its checksum (naming the columns), or
+            anything :meth:`PseudoLabelStore.open` refuses.
+    """
+    path = os.path.abspath(os.fspath(path))
+    metadata = read_metadata(path)
+    columns = _map_columns(path, metadata)
+    recorded = metadata.get("column_sha256")
+    # Before the value checks: "these bytes changed" is the more precise diagnosis of a damage.
+    if recorded is not None:
+        changed = [
+            f"{name}.npy"
+            for name in _COLUMNS
+            if file_sha256(os.path.join(path, name + ".npy")) != recorded.get(name)
+        ]
+        if changed:
+            raise PseudoLabelStoreError(
+                f"pseudo-label store {path} fails its checksums: {', '.join(changed)} differ from "
+                f"the SHA-256 recorded in {METADATA_FILE} when it was built: the files were "
+                f"changed or damaged. {_REBUILD_ADVICE}"
+            )
+    _check_values(path, columns, metadata)
+    counts = metadata["counts"]
+    summary = (
+        f"{path}: {counts['images']} images, {counts['boxes']} boxes, "
+        f"{counts['failed_images']} failed images; values checked"
+    )
+    if recorded is None:
+        return summary + "; no checksums recorded (built by an older ssdet): bytes not verified"
+    return summary + f"; the SHA-256 of all {len(_COLUMNS)} columns match {METADATA_FILE}"
 
 
 # -------------------------------------------------------------------------------------------------
@@ -440,50 +627,35 @@ class PseudoLabelStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> PseudoLabelStore:
-        """Open a store: read metadata.json and memory-map the columns (no data is read).
+        """Open a store: read metadata.json, memory-map the columns and check their values.
+
+        The per-image columns are read whole through the maps; the per-box ones, most of a store,
+        are streamed with ``pread`` (see :mod:`~ssdet.data.pseudo_labels.integrity`), so none of
+        their pages stays mapped in this process. The checksums are not computed (see
+        :func:`verify_store`).
 
         Raises:
             PseudoLabelStoreError: "incomplete or not a pseudo-label store: ..." when the metadata
-                or a column is missing or inconsistent.
+                or a column is missing or has the wrong dtype or shape; "pseudo-label store ...
+                has bad values: ..." naming each bad column, the count and the first bad rows.
         """
         path = os.path.abspath(os.fspath(path))
         metadata = read_metadata(path)
-
-        def fail(why: str) -> PseudoLabelStoreError:
-            return PseudoLabelStoreError(f"incomplete or not a pseudo-label store: {path} ({why})")
-
-        columns = {}
-        for name, (dtypes, ndim) in _COLUMNS.items():
-            try:
-                array = np.load(os.path.join(path, name + ".npy"), mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise fail(f"cannot map {name}.npy: {e}") from e
-            if array.dtype.type not in dtypes or array.ndim != ndim:
-                raise fail(f"{name}.npy has dtype {array.dtype} and {array.ndim} dims")
-            columns[name] = array
-        try:
-            n, m = int(metadata["counts"]["images"]), int(metadata["counts"]["boxes"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise fail(f"{METADATA_FILE} lacks the image and box counts: {e!r}") from e
-        offsets = columns["image_offsets"]
-        expected = {
-            "image_offsets": (n + 1,),
-            "image_ids": (n,),
-            "heights": (n,),
-            "widths": (n,),
-            "file_name_offsets": (n + 1,),
-            "boxes": (m, 4),
-            "scores": (m,),
-            "classes": (m,),
-        }
-        for name, shape in expected.items():
-            if columns[name].shape != shape:
-                raise fail(f"{name}.npy has shape {columns[name].shape}, expected {shape}")
-        if offsets[0] != 0 or offsets[-1] != m:
-            raise fail("image_offsets do not span the boxes")
-        if columns["file_name_offsets"][-1] != len(columns["file_name_bytes"]):
-            raise fail("file_name_offsets do not span file_name_bytes")
+        columns = _map_columns(path, metadata)
+        _check_values(path, columns, metadata)
+        if "column_sha256" not in metadata:
+            logger.info(
+                "Pseudo-label store %s has no column checksums (built by an older ssdet): its "
+                "values are checked, its bytes cannot be verified (tools/pseudo_label.py --verify)",
+                path,
+            )
         return cls(path, metadata, columns)
+
+    @classmethod
+    def _reopen(cls, path: str) -> PseudoLabelStore:
+        """Map a store whose values were checked already (by its builder or in a parent process)."""
+        metadata = read_metadata(path)
+        return cls(path, metadata, _map_columns(path, metadata))
 
     def release_pages(self) -> None:
         """Unmap the pages this process has touched in the columns (they stay in the page cache).
@@ -504,8 +676,8 @@ class PseudoLabelStore:
 
     def __reduce__(self):
         # Pickled (spawned DataLoader workers) as its path: the child maps the same files instead of
-        # receiving a copy of the arrays.
-        return (PseudoLabelStore.open, (self.path,))
+        # receiving a copy of the arrays, and does not check the values the parent checked.
+        return (PseudoLabelStore._reopen, (self.path,))
 
     @property
     def num_images(self) -> int:

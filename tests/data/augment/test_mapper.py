@@ -165,3 +165,33 @@ def test_boxes_leaving_the_crop_are_dropped_with_their_class(tmp_path):
             else:
                 assert box[2:] == [100, 100]
     assert counts == {0, 1}
+
+
+def test_kept_scores_follow_their_boxes_through_the_crop(tmp_path):
+    cv2.imwrite(str(tmp_path / "scored.png"), np.zeros((100, 100, 3), dtype=np.uint8))
+    boxes = [[0, 0, 10, 10], [45, 45, 10, 10], [90, 90, 10, 10]]
+    dataset_dict = {
+        "file_name": str(tmp_path / "scored.png"),
+        "height": 100,
+        "width": 100,
+        "annotations": [
+            {"bbox": box, "bbox_mode": BoxMode.XYWH_ABS, "category_id": k, "score": 0.5 + 0.1 * k}
+            for k, box in enumerate(boxes)
+        ],
+    }
+    cfg = _cfg("S1")
+    cfg.SSDET.AUGMENT.OUTPUT_SIZE = (100, 100)
+    cfg.SSDET.AUGMENT.SCALE_RANGE = (1.3, 1.3)  # the crop drops a corner box, often both
+    mapper = PolicyDatasetMapper(cfg, is_train=True, keep_scores=True)
+    counts = set()
+    for seed in range(20):
+        np.random.seed(seed)
+        instances = mapper(dataset_dict)["instances"]
+        counts.add(len(instances))
+        expected = [0.5 + 0.1 * c for c in instances.gt_classes.tolist()]
+        assert instances.gt_scores.tolist() == pytest.approx(expected)
+        assert instances.gt_scores.dtype == torch.float32
+    assert 1 in counts and 2 in counts
+    # Without keep_scores, Detectron2's own transform: no scores.
+    np.random.seed(0)
+    assert not PolicyDatasetMapper(cfg, is_train=True)(dataset_dict)["instances"].has("gt_scores")

@@ -1,5 +1,7 @@
 """Shared pseudo-label test helpers: tiny stores written through the shard writer and merge."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -29,6 +31,22 @@ def write_store(tmp_path, images, name="store", floor=0.0, **provenance):
         dets = np.asarray(dets, dtype=np.float64).reshape(-1, 6)
         writer.add(index, file_name, h, w, dets[:, :4], dets[:, 4], dets[:, 5].astype(int))
     return merge_shards([writer.write()], tmp_path / name, make_provenance(**provenance))
+
+
+def mapped_store_kb(path: str, columns: tuple[str, ...] | None = None) -> int:
+    """Resident kB of this process's mappings of files under ``path`` (/proc/self/smaps); with
+    ``columns``, of those columns' ``.npy`` files only."""
+    names = None if columns is None else {os.path.join(path, c + ".npy") for c in columns}
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                file = fields[5] if len(fields) >= 6 else ""
+                inside = file.startswith(path + os.sep) and (names is None or file in names)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
 
 
 def random_detections(num_images, seed=0):

@@ -23,7 +23,7 @@ from ssdet.data.pseudo_labels import (
     merge_shards,
 )
 
-from .conftest import CLASSES, make_provenance, random_detections, write_store
+from .conftest import CLASSES, make_provenance, mapped_store_kb, random_detections, write_store
 
 
 def test_dataset_yields_detectron2_dicts(filter_store):
@@ -146,19 +146,6 @@ def test_ignore_regions_become_ignored_anchors_in_retinanet():
     assert ((labels == -1) & (without == 3)).sum() > ((labels == 3) & (without == -1)).sum()
 
 
-def _mapped_store_kb(path: str) -> int:
-    """Resident kB of this process's mappings of files under ``path`` (/proc/self/smaps)."""
-    total, inside = 0, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            fields = line.split()
-            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
-                inside = len(fields) >= 6 and fields[5].startswith(path + os.sep)
-            elif inside and fields[0] == "Rss:":
-                total += int(fields[1])
-    return total
-
-
 def _expected_record(store, selection, idx):
     """dataset[idx] computed from the memory-mapped arrays, as an independent reference."""
     i = int(selection.image_index[idx])
@@ -216,7 +203,7 @@ def test_dataset_does_not_keep_store_pages_resident(tmp_path):
     store_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(store.path, "*.npy")))
     assert store_bytes > 400_000
     selection = PseudoLabelFilter.keep_all().apply(store)  # reads whole columns
-    assert _mapped_store_kb(store.path) > 0
+    assert mapped_store_kb(store.path) > 0
     dataset = PseudoLabelDataset(selection)
     for idx in rng.permutation(len(dataset)).tolist():
         dataset[idx]
@@ -225,11 +212,11 @@ def test_dataset_does_not_keep_store_pages_resident(tmp_path):
     per_image = sum(
         getattr(store, c).nbytes for c in ("image_ids", "heights", "widths", "file_name_offsets")
     )
-    assert _mapped_store_kb(store.path) * 1024 <= per_image + 4 * 4096 < store_bytes / 5
+    assert mapped_store_kb(store.path) * 1024 <= per_image + 4 * 4096 < store_bytes / 5
     # The reference: the same reads through the maps make the store resident.
     for i in range(n):
         store.boxes[store.image_offsets[i] : store.image_offsets[i + 1]].tolist()
-    assert _mapped_store_kb(store.path) * 1024 >= 0.9 * store.boxes.nbytes
+    assert mapped_store_kb(store.path) * 1024 >= 0.9 * store.boxes.nbytes
 
 
 def test_register_dataset(tmp_path, filter_store):

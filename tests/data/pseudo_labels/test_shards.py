@@ -10,6 +10,7 @@ from detectron2.structures import Boxes, Instances
 from ssdet.data.pseudo_labels import (
     PseudoLabelShardWriter,
     PseudoLabelStore,
+    check_shard,
     merge_shards,
 )
 from ssdet.utils.errors import InputError
@@ -132,3 +133,24 @@ def test_merge_refuses_to_overwrite_unless_asked(tmp_path):
     merge_shards([writer.write()], store.path, make_provenance(), overwrite=True)
     assert PseudoLabelStore.open(store.path).file_name(0) == "b.jpg"
     assert sorted(os.listdir(tmp_path)) == ["new.npz", "store", "store.npz"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit flip in the boxes", "not a zip"])
+def test_a_damaged_shard_is_named_with_the_fix(tmp_path, damage):
+    (path,) = write_shards(tmp_path, random_detections(6), [range(6)], "shard")
+    data = bytearray(open(path, "rb").read())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "bit flip in the boxes":
+        # np.savez stores arrays uncompressed: only the zip's CRC-32 tells this flip.
+        boxes = np.load(path)["boxes"].tobytes()
+        data[data.index(boxes) + len(boxes) // 2] ^= 0x10
+    else:
+        data = bytearray(b"chunk 3, see the log\n")
+    open(path, "wb").write(bytes(data))
+    message = f"pseudo-label shard {path} is damaged .*Delete it and run tools/pseudo_label.py"
+    with pytest.raises(InputError, match=message):
+        check_shard(path)
+    with pytest.raises(InputError, match=message):
+        merge_shards([path], tmp_path / "store", make_provenance())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-0.npz"]
