@@ -20,7 +20,13 @@ def add_ssdet_config(cfg: CN) -> None:
     # The chosen image ids are written to OUTPUT_DIR/labeled_subset.json.
     _C.SSDET.DATA.LABELED_FRACTION = 1.0
     # Seed of the labeled subset's draw. Subsets of one seed are nested: 10% is inside 20%.
+    # The images a subset leaves out are the dataset "<train>_remainder" (registered for every
+    # DATASETS.TRAIN dataset, with its annotations as the pseudo-label report's ground truth).
     _C.SSDET.DATA.SUBSET_SEED = 0
+    # Your own datasets, registered when the config is loaded: [[name, json, image_root], ...],
+    # a COCO instances file and its image folder, or json "" for an image folder (ImageNet layout
+    # <class>/<image>, unlabeled). Relative paths are from the current directory.
+    _C.SSDET.DATA.REGISTER = []
 
     # ---------------------------------------------------------------------------------------------
     # Augmentation policies Augment-S1..S4 (ssdet/data/augment).
@@ -157,7 +163,8 @@ def add_ssdet_config(cfg: CN) -> None:
     # only evaluate it.
     _C.SSDET.EXPERIMENT.TEACHER_WEIGHTS = ""
     # The unlabeled images the teacher labels: a registered dataset (e.g. "imagenet_train",
-    # "mini_imagenet_train") or an image folder, as tools/pseudo_label.py --input takes.
+    # "mini_imagenet_train", or "<train>_remainder": the teacher's DATASETS.TRAIN images outside
+    # its labeled subset) or an image folder, as tools/pseudo_label.py --input takes.
     _C.SSDET.EXPERIMENT.UNLABELED_DATASET = ""
     # Noisy Student rounds (>= 1): the student of round k is the teacher of round k + 1.
     _C.SSDET.EXPERIMENT.ROUNDS = 1

@@ -15,6 +15,7 @@ See ssdet/engine/self_training.py.
 
 import sys
 
+from ssdet.engine.interrupt import TrainingInterrupted, exit_interrupted
 from ssdet.engine.self_training import run_self_training, self_training_argument_parser
 from ssdet.utils.errors import InputError
 
@@ -24,3 +25,5 @@ if __name__ == "__main__":
         run_self_training(args)
     except InputError as e:
         sys.exit(f"error: {e}")
+    except TrainingInterrupted as e:
+        exit_interrupted(e, "Run the same command again to continue.")

@@ -8,6 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.utils import comm
 
+from ssdet.data.datasets import unknown_dataset_hint
 from ssdet.data.subsets import split_labeled
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_write_json
@@ -23,14 +24,11 @@ def num_classes(cfg: CfgNode) -> int:
 
 
 def check_registered(names: list[str] | tuple[str, ...]) -> None:
-    """Raise :class:`InputError` listing the available datasets when a name is not registered."""
+    """Raise :class:`InputError` naming the close matches when a name is not registered."""
     available = DatasetCatalog.list()
     for name in names:
         if name not in available:
-            raise InputError(
-                f"Unknown dataset {name!r}. Registered datasets: {', '.join(sorted(available))}. "
-                f"Register custom data with ssdet.data.register_coco_dataset()."
-            )
+            raise InputError(f"Unknown dataset {name!r}. {unknown_dataset_hint(name)}")
 
 
 def check_num_classes(cfg: CfgNode, name: str) -> None:

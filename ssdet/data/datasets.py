@@ -9,12 +9,19 @@ COCO 2017 itself is registered by Detectron2 (``coco_2017_train``, ``coco_2017_v
   :mod:`ssdet.data.ground_truth`: for the pseudo-label report only, never for training);
 - ``imagenet_train`` / ``imagenet_val``: ImageNet, folder layout (``imagenet/{train,val}/<wnid>/``).
 
+Your own data is registered from the config (:func:`register_config_datasets`, called when a
+config is loaded): ``SSDET.DATA.REGISTER`` entries, and ``<train>_remainder`` for every
+``DATASETS.TRAIN`` dataset, the images its labeled subset leaves out (the semi-supervised
+protocol's unlabeled set).
+
 Every loader checks its files first and raises :class:`InputError` naming the missing or broken
 file and how to fix it, instead of failing deep inside Detectron2.
 """
 
+import difflib
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -22,9 +29,16 @@ from detectron2.data.datasets import load_coco_json
 
 from ssdet.data.image_folder import ImageFolderListing
 from ssdet.data.mini_world import MINI_COCO_CLASSES
+from ssdet.data.subsets import split_labeled
 from ssdet.utils.errors import InputError
 
 _MINI_HINT = "Generate the mini world with `python datasets/prepare_mini_world.py`."
+# The name of the images of a training set that its labeled subset leaves out: <train>_remainder.
+REMAINDER_SUFFIX = "_remainder"
+# What register_config_datasets registered in this process: name -> the spec it was registered
+# with. A config loaded again (every tool loads its config more than once) re-registers nothing;
+# a changed spec replaces the registration.
+_CONFIG_REGISTERED: dict[str, tuple] = {}
 
 
 def datasets_root() -> str:
@@ -165,6 +179,138 @@ def register_all(root: str) -> None:
             ),
         )
         register_image_folder(f"imagenet_{split}", os.path.join(root, "imagenet", split))
+
+
+def unknown_dataset_hint(name: str) -> str:
+    """What to tell a user who named an unregistered dataset: the close names, and how to register.
+
+    Detectron2 registers some 60 datasets: listing them all buries the one the user meant.
+    """
+    close = difflib.get_close_matches(name, DatasetCatalog.list(), n=5, cutoff=0.6)
+    if close:
+        found = f"Did you mean {' or '.join(repr(c) for c in close)}?"
+    else:
+        found = "No registered dataset has a similar name."
+    return (
+        f"{found} Register your own data with SSDET.DATA.REGISTER [[NAME, JSON, IMAGE_ROOT]] "
+        "(README: Using your own data)."
+    )
+
+
+def _register_once(name: str, spec: tuple, register: Any) -> None:
+    """Register ``name`` by calling ``register()``, unless this process did so with ``spec``."""
+    if _CONFIG_REGISTERED.get(name) == spec:
+        return
+    if name in _CONFIG_REGISTERED:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register()
+    _CONFIG_REGISTERED[name] = spec
+
+
+def _load_remainder(name: str, parent: str, fraction: float, seed: int) -> list[dict]:
+    dicts = DatasetCatalog.get(parent)
+    _, remainder = split_labeled(dicts, fraction, seed)
+    if not remainder:
+        raise InputError(
+            f"Dataset {name!r} is empty: SSDET.DATA.LABELED_FRACTION {fraction} labels every image "
+            f"of {parent!r}. Set a fraction below 1 to leave images for pseudo-labeling."
+        )
+    # Set by the parent's load_coco_json, as the remainder's own loader would have.
+    loaded = MetadataCatalog.get(parent)
+    for key in ("thing_classes", "thing_dataset_id_to_contiguous_id"):
+        if loaded.get(key) is not None:
+            MetadataCatalog.get(name).set(**{key: loaded.get(key)})
+    return remainder
+
+
+def register_remainder(parent: str, fraction: float, seed: int) -> str:
+    """Register ``<parent>_remainder``: the images of ``parent`` not in its labeled subset.
+
+    The subset is :func:`~ssdet.data.subsets.split_labeled`'s, the one a run with this
+    ``SSDET.DATA.LABELED_FRACTION`` and ``SUBSET_SEED`` trains on, so the remainder and the
+    subset are disjoint and together are ``parent``. The dicts keep their annotations, and the
+    parent's annotation file is the remainder's ``ground_truth_json``: the pseudo-label report
+    measures the teacher's precision and recall on the remainder (labeling never reads them).
+
+    Args:
+        parent: a registered detection dataset (list of dicts with unique ``image_id``).
+        fraction, seed: the labeled subset's.
+
+    Returns:
+        The remainder's name. A name that is already taken by another registration is left as it
+        is.
+    """
+    name = parent + REMAINDER_SUFFIX
+    if name in DatasetCatalog.list() and name not in _CONFIG_REGISTERED:
+        return name
+
+    def register() -> None:
+        DatasetCatalog.register(name, lambda: _load_remainder(name, parent, fraction, seed))
+        metadata = {k: v for k, v in MetadataCatalog.get(parent).as_dict().items() if k != "name"}
+        if metadata.get("json_file"):
+            metadata["ground_truth_json"] = metadata["json_file"]
+        MetadataCatalog.get(name).set(
+            remainder_of=parent, labeled_fraction=fraction, subset_seed=seed, **metadata
+        )
+
+    _register_once(name, ("remainder", parent, fraction, seed), register)
+    return name
+
+
+def _register_entry(entry: Any) -> None:
+    """Register one ``SSDET.DATA.REGISTER`` entry, ``[name, json, image_root]``."""
+    if (
+        not isinstance(entry, Sequence)
+        or isinstance(entry, str)
+        or len(entry) != 3
+        or not all(isinstance(v, str) for v in entry)
+    ):
+        raise InputError(
+            f"SSDET.DATA.REGISTER entry {entry!r} is not [NAME, JSON, IMAGE_ROOT] (three strings; "
+            'JSON "" for an image folder).'
+        )
+    name, json_file, image_root = entry
+    if not name or not image_root:
+        raise InputError(f"SSDET.DATA.REGISTER entry {list(entry)!r} needs a name and image root.")
+    if name in DatasetCatalog.list() and name not in _CONFIG_REGISTERED:
+        raise InputError(
+            f"SSDET.DATA.REGISTER: {name!r} is already a registered dataset; choose another name."
+        )
+    # Absolute now: a relative path means the same folder whatever a later stage's working dir.
+    json_file = os.path.abspath(os.path.expanduser(json_file)) if json_file else ""
+    image_root = os.path.abspath(os.path.expanduser(image_root))
+    if json_file:
+        _register_once(
+            name,
+            ("coco", json_file, image_root),
+            lambda: register_coco_dataset(name, json_file, image_root),
+        )
+    else:
+        _register_once(
+            name, ("folder", image_root), lambda: register_image_folder(name, image_root)
+        )
+
+
+def register_config_datasets(cfg: Any) -> None:
+    """Register the datasets a config names: ``SSDET.DATA.REGISTER`` and the train remainders.
+
+    Called by :func:`~ssdet.engine.defaults.load_cfg`, so ``DATASETS.TRAIN``, ``DATASETS.TEST``,
+    ``SSDET.EXPERIMENT.UNLABELED_DATASET`` and ``tools/pseudo_label.py --input`` can name them.
+    Registration is lazy: files are read, and checked, when a dataset is first loaded.
+
+    Args:
+        cfg: a config with ssdet's keys.
+
+    Raises:
+        InputError: a malformed entry, or a name that another registration holds.
+    """
+    for entry in cfg.SSDET.DATA.REGISTER:
+        _register_entry(entry)
+    for name in cfg.DATASETS.TRAIN:
+        # A remainder of a remainder would be a name nobody means.
+        if name in DatasetCatalog.list() and not name.endswith(REMAINDER_SUFFIX):
+            register_remainder(name, cfg.SSDET.DATA.LABELED_FRACTION, cfg.SSDET.DATA.SUBSET_SEED)
 
 
 register_all(datasets_root())

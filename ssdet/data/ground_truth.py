@@ -5,7 +5,10 @@ The mini world knows the objects in its mini-ImageNet images and writes them to 
 relative to the split's image folder), which :func:`~ssdet.data.datasets.register_all` records as
 the ``ground_truth_json`` metadata of ``mini_imagenet_{train,val}``. The pseudo-label report
 (:func:`~ssdet.data.pseudo_labels.report.build_report`) then measures the teacher's precision and
-recall on them; ImageNet has no such file, and its report has no ground-truth section.
+recall on them; ImageNet has no such file, and its report has no ground-truth section. A
+``<train>_remainder`` dataset (:func:`~ssdet.data.datasets.register_remainder`) records its
+training set's annotation file the same way: the semi-supervised protocol's unlabeled images are
+labeled images whose labels only the report reads.
 """
 
 from __future__ import annotations

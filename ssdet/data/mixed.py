@@ -29,6 +29,7 @@ __all__ = [
     "MixedBatch",
     "MixedBatchLoader",
     "build_mixed_train_loader",
+    "pseudo_augment_cfg",
     "split_batch_size",
 ]
 
@@ -127,14 +128,21 @@ class MixedBatchLoader:
             )
 
 
-def _pseudo_mapper(cfg: CfgNode) -> PolicyDatasetMapper:
-    policy = cfg.SSDET.SELF_TRAINING.PSEUDO_AUGMENT_POLICY or cfg.SSDET.AUGMENT.POLICY
+def pseudo_augment_cfg(cfg: CfgNode) -> CfgNode:
+    """The config of the pseudo-labeled part's mapper: ``SSDET.AUGMENT.POLICY`` is
+    ``SSDET.SELF_TRAINING.PSEUDO_AUGMENT_POLICY`` when that is set."""
     pseudo_cfg = cfg.clone()
     pseudo_cfg.defrost()
-    pseudo_cfg.SSDET.AUGMENT.POLICY = policy
+    pseudo_cfg.SSDET.AUGMENT.POLICY = (
+        cfg.SSDET.SELF_TRAINING.PSEUDO_AUGMENT_POLICY or cfg.SSDET.AUGMENT.POLICY
+    )
+    return pseudo_cfg
+
+
+def _pseudo_mapper(cfg: CfgNode) -> PolicyDatasetMapper:
     # Score-weighted targets need the teacher's scores in the model's input.
     keep_scores = cfg.SSDET.SELF_TRAINING.PSEUDO_CLS_TARGET == "score"
-    return PolicyDatasetMapper(pseudo_cfg, is_train=True, keep_scores=keep_scores)
+    return PolicyDatasetMapper(pseudo_augment_cfg(cfg), is_train=True, keep_scores=keep_scores)
 
 
 def _mixed_train_loader_from_config(

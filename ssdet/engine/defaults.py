@@ -14,12 +14,14 @@ from typing import Any
 import torch
 import yaml
 from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import ssdet
 from ssdet.config import add_ssdet_config
+from ssdet.data.datasets import register_config_datasets
+from ssdet.engine.interrupt import TrainingInterrupted, exit_interrupted, launch_interruptible
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_write_json
 from ssdet.utils.lock import output_dir_lock
@@ -76,6 +78,9 @@ def load_cfg(config_file: str, opts: list | None = None) -> CfgNode:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         # The same config runs on a GPU machine and, smaller, on a laptop or CI.
         cfg.MODEL.DEVICE = "cpu"
+    # Here, where every tool and every launched worker reads its config, so that the datasets a
+    # config names exist in each process that looks them up.
+    register_config_datasets(cfg)
     return cfg
 
 
@@ -183,7 +188,9 @@ def run_tool(
 ) -> None:
     """Run ``main(*main_args)`` (default ``main(args)``) under Detectron2's ``launch``.
 
-    Bad input (:class:`InputError`) exits with its message only, no stack trace.
+    Bad input (:class:`InputError`) exits with its message only, no stack trace. SIGINT and
+    SIGTERM stop the run (a training loop after its current step, with its checkpoint) and exit
+    with one line and code 130 or 143 (:mod:`ssdet.engine.interrupt`).
 
     Args:
         main, args, main_args: the function ``launch`` runs on every rank, and its arguments.
@@ -193,20 +200,24 @@ def run_tool(
     """
     try:
         with contextlib.ExitStack() as stack:
+            output_dir = ""
             if lock_output_dir and args.machine_rank == 0:
                 # Here, before launch: a worker's InputError would be a traceback.
                 output_dir = load_cfg(args.config_file, args.opts).OUTPUT_DIR or "."
                 stack.enter_context(output_dir_lock(output_dir))
-            launch(
+            launch_interruptible(
                 main,
                 args.num_gpus,
                 num_machines=args.num_machines,
                 machine_rank=args.machine_rank,
                 dist_url=launch_url(args),
                 args=(args,) if main_args is None else main_args,
+                output_dir=output_dir,
             )
     except InputError as e:
         sys.exit(f"error: {e}")
+    except TrainingInterrupted as e:
+        exit_interrupted(e, "Run the same command with --resume to continue.")
 
 
 def format_ap_table(

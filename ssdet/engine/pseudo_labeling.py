@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from ssdet.checkpoint import SsdetCheckpointer, load_checkpoint_file
 from ssdet.data.build import check_num_classes, check_registered
+from ssdet.data.datasets import register_config_datasets, unknown_dataset_hint
 from ssdet.data.ground_truth import find_ground_truth
 from ssdet.data.image_folder import IMAGE_EXTENSIONS, ImageFolderListing
 from ssdet.data.pseudo_labels import (
@@ -187,8 +188,8 @@ class ImageListing:
                 )
             return cls._from_relative(source, root, names)
         raise InputError(
-            f"--input {source!r} is neither a folder nor a registered dataset. Registered "
-            f"datasets: {', '.join(sorted(DatasetCatalog.list()))}."
+            f"--input {source!r} is neither a folder nor a registered dataset. "
+            + unknown_dataset_hint(source)
         )
 
     @classmethod
@@ -854,6 +855,9 @@ def label_images(cfg: CfgNode, plan: LabelingPlan) -> PseudoLabelStore | None:
                 "same --input and --output (a shared filesystem)?"
             )
     share_cpu_cores(cfg.MODEL.DEVICE)
+    # A worker that launch spawned has only the import-time datasets; the config's own ones
+    # hold the ground truth that the report looks up.
+    register_config_datasets(cfg)
 
     chunks = plan.pending[rank::world_size]
     num_images = sum(len(plan.chunk_range(k)) for k in chunks)

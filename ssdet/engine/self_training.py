@@ -44,7 +44,12 @@ written last). A rerun skips finished stages and resumes an interrupted one (Det
 runs in a folder at a time (:func:`~ssdet.utils.lock.output_dir_lock`). Each stage
 records what it was run with in ``stage.json`` (its resolved config, less keys that do not
 change its result, and the fingerprint of its input: the teacher's weights, the pseudo labels),
-and a rerun that would reuse a stage made with anything else stops with an error instead.
+and a rerun that would reuse a stage made with anything else stops with an error instead; only
+the evaluation of a given teacher checkpoint (``TEACHER_WEIGHTS``), which has nothing to resume,
+is redone, e.g. when the file was replaced. Every stage's config passes its trainer's or
+labeler's checks, and a given teacher checkpoint must fit the teacher's model, before any stage
+runs; a stage that still refuses its input leaves no ``stage.json`` unless it made something to
+resume.
 
 At the end ``OUTPUT_DIR/final_metrics.json`` holds the last student's results in the schema of
 :func:`~ssdet.engine.write_final_metrics`, plus the teacher's and every round's, and
@@ -65,6 +70,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import glob
 import json
 import logging
 import os
@@ -75,7 +81,6 @@ from typing import Any
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
-from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.file_io import PathManager
@@ -90,7 +95,9 @@ from ssdet.checkpoint import (
     write_stock_config,
 )
 from ssdet.config import add_ssdet_config
+from ssdet.data.datasets import unknown_dataset_hint
 from ssdet.data.pseudo_labels import (
+    PseudoLabelFilter,
     PseudoLabelStoreError,
     check_pseudo_labels,
     file_sha256,
@@ -104,8 +111,16 @@ from ssdet.engine.defaults import (
     setup_cfg,
     write_final_metrics,
 )
+from ssdet.engine.interrupt import launch_interruptible
 from ssdet.engine.joint import save_detector_checkpoint
-from ssdet.engine.pseudo_labeling import STORE_DIR, LabelingPlan, label_images, prepare_labeling
+from ssdet.engine.pseudo_labeling import (
+    SHARD_DIR,
+    STORE_DIR,
+    LabelingPlan,
+    build_teacher,
+    label_images,
+    prepare_labeling,
+)
 from ssdet.engine.student import StudentTrainer
 from ssdet.engine.trainer import Trainer
 from ssdet.utils.errors import InputError
@@ -308,7 +323,7 @@ def _check_unlabeled(source: str) -> None:
     if source not in DatasetCatalog.list() and not os.path.isdir(source):
         raise InputError(
             f"SSDET.EXPERIMENT.UNLABELED_DATASET {source!r} is neither a folder nor a registered "
-            f"dataset. Registered datasets: {', '.join(sorted(DatasetCatalog.list()))}."
+            f"dataset. {unknown_dataset_hint(source)}"
         )
 
 
@@ -539,8 +554,11 @@ def plan_experiment(
         controls=controls,
         control_why=control_why,
     )
-    # Every stage's config must load before anything trains for hours.
+    # Every stage's config must load, and pass its trainer's or labeler's checks, before
+    # anything trains for hours.
     cfgs = {stage.name: stage.load_cfg() for stage in plan.stages}
+    for stage in plan.stages:
+        _check_stage_config(stage, cfgs[stage.name])
     teacher_classes = cfgs[TEACHER].MODEL.RETINANET.NUM_CLASSES
     if teacher_classes != cfg.MODEL.RETINANET.NUM_CLASSES:
         raise InputError(
@@ -548,7 +566,48 @@ def plan_experiment(
             f"but the student ({config_file}) {cfg.MODEL.RETINANET.NUM_CLASSES}: the pseudo "
             "labels are the teacher's classes."
         )
+    if teacher.kind == "evaluate":
+        _check_teacher_fits(cfgs[TEACHER], _weights_of(teacher))
     return plan
+
+
+def _weights_of(stage: Stage) -> str:
+    """The checkpoint a stage reads: its teacher's (labeling) or ``MODEL.WEIGHTS`` (evaluation)."""
+    return stage.weights or stage.load_cfg().MODEL.WEIGHTS
+
+
+def _check_stage_config(stage: Stage, cfg: CfgNode) -> None:
+    """Refuse a stage's config as its trainer or labeler would, without building them.
+
+    Raises:
+        InputError: naming the stage and its config file.
+    """
+    try:
+        if stage.kind == "train":
+            trainer = StudentTrainer if cfg.SSDET.PSEUDO_LABELS.STORE else Trainer
+            trainer.check_config(cfg)
+        elif stage.kind == "label":
+            # The labeling report shows what the student's filter keeps.
+            PseudoLabelFilter.from_config(cfg)
+    # Detectron2's and some of ssdet's config checks raise a plain ValueError (InputError is one).
+    except ValueError as e:
+        raise InputError(f"Stage {stage.name} ({stage.config_file}): {e}") from e
+
+
+def _check_teacher_fits(cfg: CfgNode, weights: str) -> None:
+    """Refuse a given teacher checkpoint that does not fill the teacher's model (a missing or
+    misshapen tensor), as labeling would, before it is evaluated. The model is built on the CPU.
+
+    Raises:
+        InputError: the tensors that do not fit.
+    """
+    cpu_cfg = cfg.clone()
+    cpu_cfg.defrost()
+    cpu_cfg.MODEL.DEVICE = "cpu"
+    try:
+        build_teacher(cpu_cfg, weights)
+    except InputError as e:
+        raise InputError(f"SSDET.EXPERIMENT.TEACHER_WEIGHTS {weights!r}: {e}") from e
 
 
 # -------------------------------------------------------------------------------------------------
@@ -661,14 +720,16 @@ def _stage_args(stage: Stage, launch_args: argparse.Namespace) -> argparse.Names
     )
 
 
-def _launch(main, launch_args: argparse.Namespace, main_args: tuple) -> None:
-    launch(
+def _launch(main, launch_args: argparse.Namespace, main_args: tuple, output_dir: str) -> None:
+    # A stop on SIGINT or SIGTERM ends the experiment (TrainingInterrupted); a rerun continues.
+    launch_interruptible(
         main,
         launch_args.num_gpus,
         num_machines=launch_args.num_machines,
         machine_rank=launch_args.machine_rank,
         dist_url=launch_url(launch_args),
         args=main_args,
+        output_dir=output_dir,
     )
 
 
@@ -681,9 +742,29 @@ def _run_stage(stage: Stage, plan: ExperimentPlan, launch_args: argparse.Namespa
         labeling = prepare_labeling(
             cfg, plan.unlabeled, stage.output_dir, config_path=stage.config_file, resume=True
         )
-        _launch(_label_main, launch_args, (cfg, labeling))
+        _launch(_label_main, launch_args, (cfg, labeling), stage.output_dir)
     else:
-        _launch(train_main, launch_args, (args,))
+        _launch(train_main, launch_args, (args,), stage.output_dir)
+
+
+def _run_checked_stage(
+    stage: Stage, plan: ExperimentPlan, args: argparse.Namespace, spec: dict[str, Any] | None
+) -> None:
+    """Run a stage, recording ``spec`` (if any) in its ``stage.json`` first.
+
+    A stage that refuses its input (:class:`InputError`) before it made anything to resume
+    leaves no ``stage.json`` behind: the corrected rerun is no "other setup".
+    """
+    path = os.path.join(stage.output_dir, STAGE_FILE)
+    if spec is not None:
+        atomic_write_json(path, spec)
+    try:
+        with _scoped_logging():
+            _run_stage(stage, plan, args)
+    except InputError:
+        if spec is not None and not _has_resumable_state(stage):
+            os.remove(path)
+        raise
 
 
 def _discard_unfinished_metrics(stage: Stage) -> None:
@@ -737,6 +818,9 @@ def _stage_spec(stage: Stage, plan: ExperimentPlan) -> dict[str, Any]:
     if stage.kind == "label":
         spec["unlabeled"] = plan.unlabeled
         spec["teacher_weights_sha256"] = file_sha256(stage.weights)
+    elif stage.kind == "evaluate":
+        # The given file may be replaced under the same name: its AP is of its content.
+        spec["weights_sha256"] = file_sha256(_weights_of(stage))
     else:
         store = config.get("SSDET.PSEUDO_LABELS.STORE")
         if store:
@@ -790,26 +874,59 @@ def _spec_differences(old: dict, new: dict) -> list[str]:
     return differences
 
 
-def _check_stage(stage: Stage, plan: ExperimentPlan, write: bool) -> None:
-    """Refuse a stage folder made with another setup; record the setup of a new one.
+def _check_stage(stage: Stage, plan: ExperimentPlan) -> dict[str, Any] | None:
+    """Refuse a stage folder made with another setup.
+
+    Only a folder with something to reuse is refused: checkpoints or pseudo labels. A stage
+    that holds none (it stopped before its first checkpoint, or refused its input) runs as if
+    new. An evaluation stage (a given teacher checkpoint) of another setup, e.g. a replaced
+    checkpoint file, is evaluated again: it has nothing to resume, and the stages after it record
+    its weights' fingerprint, so that their own check refuses them.
+
+    Returns:
+        The spec to record in ``stage.json`` before the stage runs: the folder has none yet, or
+        holds nothing to reuse from another setup (an evaluation's ``final_metrics.json`` is
+        then removed); None when ``stage.json`` records this setup.
 
     Raises:
         InputError: the folder's ``stage.json`` records another config or input.
     """
     spec = _stage_spec(stage, plan)
     path = os.path.join(stage.output_dir, STAGE_FILE)
-    if os.path.isfile(path):
-        differences = _spec_differences(_read_json(path), spec)
-        if differences:
-            shown = "; ".join(differences[:5])
-            more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
-            raise InputError(
-                f"Stage {stage.name} in {stage.output_dir} was run with another setup: {shown}"
-                f"{more}. Give the experiment another OUTPUT_DIR, or delete that folder and those "
-                "of the stages after it to redo them."
-            )
-    elif write:
-        atomic_write_json(path, spec)
+    if not os.path.isfile(path):
+        return spec
+    differences = _spec_differences(_read_json(path), spec)
+    if not differences:
+        return None
+    shown = "; ".join(differences[:5])
+    more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
+    if stage.kind == "evaluate" or not _has_resumable_state(stage):
+        metrics = os.path.join(stage.output_dir, FINAL_METRICS)
+        if stage.kind == "evaluate" and os.path.isfile(metrics):
+            os.remove(metrics)
+        logger.warning(
+            "%s was %s with another setup (%s%s): running it again, it holds nothing to reuse",
+            stage.name,
+            "evaluated" if stage.kind == "evaluate" else "started",
+            shown,
+            more,
+        )
+        return spec
+    raise InputError(
+        f"Stage {stage.name} in {stage.output_dir} was run with another setup: {shown}"
+        f"{more}. Give the experiment another OUTPUT_DIR, or delete that folder and those "
+        "of the stages after it to redo them."
+    )
+
+
+def _has_resumable_state(stage: Stage) -> bool:
+    """Whether a stage folder holds work a rerun would continue: checkpoints, labeled shards."""
+    if stage.kind == "label":
+        names = (SHARD_DIR, STORE_DIR)
+        return any(os.path.exists(os.path.join(stage.output_dir, n)) for n in names)
+    return stage.kind == "train" and bool(
+        glob.glob(os.path.join(glob.escape(stage.output_dir), "model_*.pth"))
+    )
 
 
 # -------------------------------------------------------------------------------------------------
@@ -1011,17 +1128,16 @@ def run_self_training(args: argparse.Namespace) -> dict | None:
         pseudo_counts = []
         ran = False
         for stage in plan.stages:
+            spec = _check_stage(stage, plan)
+            # An evaluation of another setup is no longer finished after this check.
             if stage.finished:
-                _check_stage(stage, plan, write=False)
                 logger.info("skipping %s: finished", stage.name)
             else:
-                _check_stage(stage, plan, write=True)
                 _discard_unfinished_metrics(stage)
                 ran = True
                 logger.info("running %s in %s", stage.name, stage.output_dir)
                 stage_started = time.time()
-                with _scoped_logging():
-                    _run_stage(stage, plan, args)
+                _run_checked_stage(stage, plan, args, spec)
                 gc.collect()  # the stage's model, optimizer and loader workers
                 if first_machine and not stage.finished:
                     raise RuntimeError(f"Stage {stage.name} ended without its completion marker.")

@@ -59,9 +59,10 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from ssdet.data.augment import PolicyDatasetMapper
 from ssdet.data.joint import JointBatch, add_classification_batches
-from ssdet.data.mixed import MixedBatch, build_mixed_train_loader
-from ssdet.data.pseudo_labels import read_metadata
+from ssdet.data.mixed import MixedBatch, build_mixed_train_loader, pseudo_augment_cfg
+from ssdet.data.pseudo_labels import PseudoLabelFilter, read_metadata
 from ssdet.engine.accumulation import (
     AMPGradientAccumulationTrainer,
     CPUAutocastGradientAccumulationTrainer,
@@ -69,7 +70,7 @@ from ssdet.engine.accumulation import (
     check_accumulation_steps,
 )
 from ssdet.engine.trainer import Trainer, uses_cpu_autocast
-from ssdet.modeling.noise import add_student_noise
+from ssdet.modeling.noise import add_student_noise, check_noise_config
 from ssdet.modeling.pseudo_targets import PSEUDO_CLS_TARGETS, score_weighted_classification
 from ssdet.utils.errors import InputError
 
@@ -635,19 +636,39 @@ class StudentTrainer(Trainer):
     schedule and evaluation are Detectron2's; the checkpoint also holds the loss moving averages.
     """
 
-    def __init__(self, cfg: CfgNode):
+    @classmethod
+    def check_config(cls, cfg: CfgNode) -> None:
+        """:meth:`Trainer.check_config` plus the student's settings: the loss weighting, the
+        pseudo-label targets, filter and augmentation policy, and the noise rates.
+
+        Raises:
+            InputError (or ValueError): the first bad setting.
+        """
         if cfg.TEST.PRECISE_BN.ENABLED:
             # PreciseBN feeds the train loader's batches to the model as they are; the student's
             # are (human, pseudo) pairs.
             raise InputError("TEST.PRECISE_BN is not supported by the student; disable it.")
-        # Validate the config before building anything.
-        loss_weighting = PseudoLossWeighting(cfg)
+        super().check_config(cfg)
+        PseudoLossWeighting(cfg)
         st = cfg.SSDET.SELF_TRAINING
         if st.PSEUDO_CLS_TARGET not in PSEUDO_CLS_TARGETS:
             raise InputError(
                 f"Unknown SSDET.SELF_TRAINING.PSEUDO_CLS_TARGET {st.PSEUDO_CLS_TARGET!r}; valid: "
                 f"{', '.join(PSEUDO_CLS_TARGETS)}"
             )
+        if st.PSEUDO_RATIO > 0:
+            PseudoLabelFilter.from_config(cfg)
+            try:
+                PolicyDatasetMapper.from_config(pseudo_augment_cfg(cfg), is_train=True)
+            except InputError as e:
+                raise InputError(f"SSDET.SELF_TRAINING.PSEUDO_AUGMENT_POLICY: {e}") from e
+        check_noise_config(cfg)
+
+    def __init__(self, cfg: CfgNode):
+        # Validate the config before building anything.
+        self.check_config(cfg)
+        loss_weighting = PseudoLossWeighting(cfg)
+        st = cfg.SSDET.SELF_TRAINING
         accumulation_steps = check_accumulation_steps(cfg.SSDET.SOLVER.GRAD_ACCUM_STEPS)
         super().__init__(cfg)
         trainer_class = SimpleStudentTrainer

@@ -20,9 +20,10 @@ from ssdet.engine.accumulation import (
     GradientAccumulationTrainer,
     check_accumulation_steps,
 )
+from ssdet.engine.interrupt import add_stop_on_signal
 from ssdet.engine.joint import DETECTOR_CHECKPOINT, JointTrainerMixin
 from ssdet.evaluation import FastCOCOEvaluator
-from ssdet.modeling.init import apply_backbone_init
+from ssdet.modeling.init import apply_backbone_init, check_init_config
 from ssdet.solver import build_optimizer
 
 _d2_create_ddp_model = d2_defaults.create_ddp_model
@@ -80,7 +81,8 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
 
     Checkpointing, the LR schedule, periodic evaluation, logging and ``launch`` are Detectron2's;
     checkpoints are read and written by :class:`~ssdet.checkpoint.SsdetCheckpointer` (no code runs
-    from a checkpoint file, atomic writes).
+    from a checkpoint file, atomic writes). SIGINT and SIGTERM stop training after the current
+    step, with a checkpoint of it (:mod:`ssdet.engine.interrupt`).
     """
 
     def __init__(self, cfg: CfgNode):
@@ -105,6 +107,24 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
         elif uses_cpu_autocast(cfg):
             # DefaultTrainer picks AMPTrainer, which refuses to run without CUDA.
             self._trainer = CPUAutocastTrainer(inner.model, inner.data_loader, inner.optimizer)
+
+    def build_hooks(self) -> list:
+        # Ctrl-C and SIGTERM stop after the current step, with its checkpoint.
+        return add_stop_on_signal(super().build_hooks())
+
+    @classmethod
+    def check_config(cls, cfg: CfgNode) -> None:
+        """Refuse a config that this trainer would refuse once built, without building it.
+
+        What is cheap to build is built (the augmentation policy); no model, data or checkpoint
+        is read. The self-training experiment checks every stage with it before any stage runs.
+
+        Raises:
+            InputError (or ValueError): the first bad setting.
+        """
+        check_accumulation_steps(cfg.SSDET.SOLVER.GRAD_ACCUM_STEPS)
+        check_init_config(cfg)
+        PolicyDatasetMapper.from_config(cfg, is_train=True)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

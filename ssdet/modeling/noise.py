@@ -29,7 +29,13 @@ from torch import nn
 
 from ssdet.utils.errors import InputError
 
-__all__ = ["DropPath", "add_drop_path", "add_head_dropout", "add_student_noise"]
+__all__ = [
+    "DropPath",
+    "add_drop_path",
+    "add_head_dropout",
+    "add_student_noise",
+    "check_noise_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +138,18 @@ def _bottom_up_resnet(backbone: Backbone) -> ResNet:
     )
 
 
+def check_noise_config(cfg: CfgNode) -> None:
+    """Refuse ``SSDET.NOISE`` rates outside [0, 1).
+
+    Raises:
+        InputError: the first such rate.
+    """
+    for key in ("DROP_PATH_RATE", "DROPOUT"):
+        value = cfg.SSDET.NOISE[key]
+        if not 0.0 <= value < 1.0:
+            raise InputError(f"SSDET.NOISE.{key} must be in [0, 1), got {value}")
+
+
 def add_student_noise(model: nn.Module, cfg: CfgNode) -> nn.Module:
     """Add the student noise of ``cfg.SSDET.NOISE`` to a built detector, in place.
 
@@ -145,10 +163,8 @@ def add_student_noise(model: nn.Module, cfg: CfgNode) -> nn.Module:
     Raises:
         InputError: a rate outside [0, 1), or a model the noise does not apply to.
     """
+    check_noise_config(cfg)
     drop_path_rate, dropout = cfg.SSDET.NOISE.DROP_PATH_RATE, cfg.SSDET.NOISE.DROPOUT
-    for key, value in (("DROP_PATH_RATE", drop_path_rate), ("DROPOUT", dropout)):
-        if not 0.0 <= value < 1.0:
-            raise InputError(f"SSDET.NOISE.{key} must be in [0, 1), got {value}")
     if drop_path_rate > 0:
         add_drop_path(_bottom_up_resnet(model.backbone), drop_path_rate)
     if dropout > 0:

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import ssdet
 from ssdet.checkpoint import SsdetCheckpointerMixin, save_backbone_checkpoint
+from ssdet.engine.interrupt import add_stop_on_signal
 from ssdet.pretrain.data import (
     PretrainSplits,
     build_pretrain_test_loader,
@@ -170,6 +171,10 @@ class PretrainTrainer(SsdetCheckpointerMixin, DefaultTrainer):
                 "batch per step: set it to 1 (and SOLVER.IMS_PER_BATCH to the batch)."
             )
         super().__init__(cfg)
+
+    def build_hooks(self) -> list:
+        # Ctrl-C and SIGTERM stop after the current step, with its checkpoint.
+        return add_stop_on_signal(super().build_hooks())
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> PretrainModel:

@@ -11,11 +11,20 @@ from ssdet.data import (
     ImageFolderListing,
     check_num_classes,
     check_registered,
+    datasets,
     get_labeled_dataset_dicts,
     register_coco_dataset,
 )
+from ssdet.data.ground_truth import find_ground_truth
 from ssdet.data.mini_world import MINI_COCO_CLASSES, MINI_IMAGENET_CLASSES
+from ssdet.data.pseudo_labels import PseudoLabelFilter
+from ssdet.data.pseudo_labels.report import build_report
+from ssdet.engine.defaults import load_cfg
+from ssdet.engine.pseudo_labeling import ImageListing
 from ssdet.utils.errors import InputError
+
+from ..conftest import REPO
+from .pseudo_labels.conftest import write_store
 
 
 def test_mini_datasets_registered(tiny_world):
@@ -37,9 +46,79 @@ def test_coco_2017_registered_in_detectron2_layout():
     assert "imagenet_train" in DatasetCatalog.list()
 
 
-def test_unknown_dataset_name():
-    with pytest.raises(InputError, match="Unknown dataset 'no_such_set'.*mini_coco_train"):
+def test_unknown_dataset_name_lists_close_matches_only():
+    with pytest.raises(InputError) as error:
+        check_registered(["mini_coco_trian"])
+    message = str(error.value)
+    assert message.startswith("Unknown dataset 'mini_coco_trian'. Did you mean 'mini_coco_train'")
+    assert "coco_2017_val" not in message and "lvis" not in message
+    assert "SSDET.DATA.REGISTER" in message
+    with pytest.raises(InputError, match="'no_such_set'. No registered dataset has a similar"):
         check_registered(["no_such_set"])
+
+
+INSTANT = os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml")
+
+
+@pytest.fixture
+def forget_registrations():
+    """Undo the config registrations a test makes (they are process-wide)."""
+    before = set(DatasetCatalog.list())
+    yield
+    for name in set(DatasetCatalog.list()) - before:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+        datasets._CONFIG_REGISTERED.pop(name, None)
+
+
+def test_register_from_config(tiny_world, tmp_path, forget_registrations):
+    json_file = os.path.join(tiny_world, "mini_coco", "annotations", "instances_val.json")
+    images = os.path.join(tiny_world, "mini_coco", "val")
+    folder = os.path.join(tiny_world, "mini_imagenet", "val")
+    register = f"[['t_own', '{json_file}', '{images}'], ['t_own_folder', '', '{folder}']]"
+    for _ in range(2):  # every tool loads its config more than once
+        load_cfg(INSTANT, ["SSDET.DATA.REGISTER", register])
+    own = DatasetCatalog.get("t_own")
+    assert [d["image_id"] for d in own] == [
+        d["image_id"] for d in DatasetCatalog.get("mini_coco_val")
+    ]
+    assert MetadataCatalog.get("t_own").thing_classes == MINI_COCO_CLASSES
+    assert MetadataCatalog.get("t_own").evaluator_type == "coco"
+    assert isinstance(DatasetCatalog.get("t_own_folder"), ImageFolderListing)
+
+    for entry, message in [
+        ("[['t_bad', 'a.json']]", "is not \\[NAME, JSON, IMAGE_ROOT\\]"),
+        ("[['mini_coco_val', 'a.json', 'img']]", "'mini_coco_val' is already a registered"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            load_cfg(INSTANT, ["SSDET.DATA.REGISTER", entry])
+
+
+def test_remainder_is_the_rest_of_the_train_set(tiny_world, tmp_path, forget_registrations):
+    cfg = load_cfg(INSTANT, ["SSDET.DATA.LABELED_FRACTION", "0.25", "OUTPUT_DIR", str(tmp_path)])
+    labeled = {d["image_id"] for d in get_labeled_dataset_dicts(cfg)}
+    remainder = DatasetCatalog.get("mini_coco_train_remainder")
+    rest = {d["image_id"] for d in remainder}
+    assert labeled and rest and not labeled & rest
+    assert labeled | rest == {d["image_id"] for d in DatasetCatalog.get("mini_coco_train")}
+    assert all(d["annotations"] is not None for d in remainder)
+
+    # Labeling the remainder finds its ground truth: the report has precision and recall.
+    listing = ImageListing.from_input("mini_coco_train_remainder")
+    assert len(listing) == len(rest)
+    names = [listing.relative_path(i) for i in range(len(listing))]
+    boxes = [(name, 64, 64, [(1, 1, 30, 30, 0.9, 0)]) for name in names]
+    store = write_store(tmp_path, boxes, image_root=listing.root)
+    truth = find_ground_truth(store)
+    assert truth == MetadataCatalog.get("mini_coco_train").json_file
+    report = build_report(PseudoLabelFilter().apply(store), ground_truth=truth)
+    assert report.ground_truth["num_images"] == len(rest)
+    # The store's test classes are not the mini world's: its objects count as novel.
+    assert report.ground_truth["num_gt_boxes"] + report.ground_truth["num_novel_gt_boxes"] > 0
+
+    load_cfg(INSTANT)  # LABELED_FRACTION 1.0: every image is labeled
+    with pytest.raises(InputError, match="'mini_coco_train_remainder' is empty"):
+        DatasetCatalog.get("mini_coco_train_remainder")
 
 
 def test_missing_dataset_dir(tmp_path):

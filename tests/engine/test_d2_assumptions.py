@@ -22,6 +22,7 @@ import contextlib
 import importlib
 import inspect
 import os
+import signal
 from collections.abc import Iterator
 
 import detectron2
@@ -778,3 +779,44 @@ def test_checkpointer_save_format_and_tag(tmp_path):
         (tmp_path / "last_checkpoint").write_text("")
         assert checkpointer.has_checkpoint()
         assert os.path.basename(checkpointer.get_checkpoint_file()) == ""
+
+
+def test_a_hook_stops_training_with_a_base_exception_after_a_step(toy_cfg, caplog):
+    from ssdet.engine.interrupt import StopOnSignal, TrainingInterrupted, add_stop_on_signal
+
+    class SignalAtStep1(hooks.HookBase):
+        def after_step(self):
+            if self.trainer.iter == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    class Stoppable(_ToyTrainer):
+        evaluations = 0
+
+        @classmethod
+        def test(cls, cfg, model, evaluators=None):
+            cls.evaluations += 1
+            return cls.eval_results
+
+        def build_hooks(self):
+            return [SignalAtStep1(), *add_stop_on_signal(super().build_hooks())]
+
+    toy_cfg.SOLVER.MAX_ITER = 4
+    before = signal.getsignal(signal.SIGTERM)
+    with assumption(
+        "DefaultTrainer's hooks include an EvalHook; TrainerBase.train logs and re-raises only an "
+        "Exception, runs after_train in a finally, and EvalHook.after_train evaluates only when "
+        "iter + 1 >= max_iter",
+        "ssdet/engine/interrupt.py (StopOnSignal raises TrainingInterrupted, a BaseException)",
+    ):
+        trainer = Stoppable(toy_cfg)
+        stop = [h for h in trainer._hooks if isinstance(h, StopOnSignal)]
+        assert len(stop) == 1
+        assert isinstance(trainer._hooks[trainer._hooks.index(stop[0]) + 1], hooks.EvalHook)
+        with pytest.raises(TrainingInterrupted) as stopped:
+            trainer.train()
+        assert stopped.value.exit_code == 143
+        assert trainer.iter == 1 and Stoppable.evaluations == 0
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert "Exception during training" not in caplog.text
+        with open(os.path.join(toy_cfg.OUTPUT_DIR, "last_checkpoint")) as f:
+            assert f.read() == "model_0000001.pth"

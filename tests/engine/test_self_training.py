@@ -450,7 +450,8 @@ def test_a_longer_student_gets_a_control_stage_of_its_steps(tiny_world, tmp_path
 
     # A given teacher was not trained here: a control stage even for the same schedule.
     weights = tmp_path / "teacher.pth"
-    torch.save({"model": {"w": torch.zeros(1)}}, weights)
+    # The plan checks that given weights fit the teacher's model: a model of its config's.
+    torch.save({"model": build_model(plan.teacher.load_cfg()).state_dict()}, weights)
     plan = plan_experiment(
         EXPERIMENT, [*opts[:2], "SSDET.EXPERIMENT.TEACHER_WEIGHTS", str(weights)]
     )

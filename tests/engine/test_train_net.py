@@ -122,6 +122,31 @@ def test_bad_input_is_a_message(tiny_world, tmp_path, args, message):
     assert "Traceback" not in proc.stderr
 
 
+def test_trains_on_data_registered_from_the_command_line(tiny_world, tmp_path):
+    # A new user's own COCO-format data: no Python, only SSDET.DATA.REGISTER.
+    coco = os.path.join(tiny_world, "mini_coco")
+    register = [
+        [
+            name,
+            os.path.join(coco, "annotations", f"instances_{split}.json"),
+            os.path.join(coco, split),
+        ]
+        for name, split in (("my_train", "train"), ("my_val", "val"))
+    ]
+    out = str(tmp_path / "own")
+    proc = train_net(
+        "--config", INSTANT, "SSDET.DATA.REGISTER", repr(register),
+        "DATASETS.TRAIN", "('my_train',)", "DATASETS.TEST", "('my_val',)",
+        "SSDET.DATA.LABELED_FRACTION", "0.5", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.load(open(os.path.join(out, "final_metrics.json")))
+    assert set(metrics["results"]) == {"my_val"}
+    subset = json.load(open(os.path.join(out, "labeled_subset.json")))
+    assert subset["datasets"]["my_train"]["num_images"] == 24
+    assert len(subset["datasets"]["my_train"]["image_ids"]) == 12
+
+
 def test_missing_config_file(tmp_path):
     proc = train_net("--config", str(tmp_path / "nope.yaml"))
     assert proc.returncode != 0 and "not found" in proc.stderr and "Traceback" not in proc.stderr

@@ -22,7 +22,7 @@ The modules, one concern each:
   checks;
 - ``dataset``: the Detectron2 dataset of a selection, its registration, and the student's dataset
   from the config;
-- ``coco``: COCO JSON export and import;
+- ``coco``: COCO JSON export and import, with the ids of the images' own dataset;
 - ``report``: statistics of a selection (JSON, plot, summary, precision against ground truth).
   Not imported here (it needs matplotlib): import ``ssdet.data.pseudo_labels.report``.
 - ``visualize``: one image's stored boxes drawn as the filter keeps or drops them, with its
@@ -30,6 +30,7 @@ The modules, one concern each:
 """
 
 from ssdet.data.pseudo_labels.coco import (
+    CocoIds,
     export_coco_annotations,
     export_coco_results,
     import_coco_json,
@@ -74,6 +75,7 @@ __all__ = [
     "FORMAT_VERSION",
     "METADATA_FILE",
     "SHARD_FORMAT_VERSION",
+    "CocoIds",
     "ColumnReader",
     "LabelingProvenance",
     "PseudoLabelDataset",
