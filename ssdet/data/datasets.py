@@ -193,7 +193,7 @@ def unknown_dataset_hint(name: str) -> str:
         found = "No registered dataset has a similar name."
     return (
         f"{found} Register your own data with SSDET.DATA.REGISTER [[NAME, JSON, IMAGE_ROOT]] "
-        "(README: Using your own data)."
+        "(docs/datasets.md: Using your own data)."
     )
 
 

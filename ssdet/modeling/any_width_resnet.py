@@ -7,7 +7,7 @@ modules in the same order (so the same parameter names and the same random init)
 bottleneck depths (50, 101, 152) go to Detectron2's builder unchanged. ssdet's own backbones are
 these builders. This file imports nothing but Detectron2, so that it can be copied: a run's
 ``config_detectron2.yaml`` that names one of them has a copy beside it, to import before building
-the model (README, "Inference with stock Detectron2").
+the model (docs/inference.md, "Inference with stock Detectron2").
 """
 
 from detectron2.config import CfgNode

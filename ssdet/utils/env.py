@@ -8,7 +8,7 @@ from packaging.version import InvalidVersion, Version
 _INSTALL_HINT = (
     "ssdet needs Detectron2, which is not on the package registry under its own name. Either run "
     "`make setup` in the ssdet checkout (it installs the registry build `sal-detectron2==0.7.2`, "
-    "see README 'Install'), or install upstream Detectron2 from source: "
+    "see docs/install.md), or install upstream Detectron2 from source: "
     "https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
 )
 # The Detectron2 that ssdet is verified with: the registry build sal-detectron2 0.7.x, which is
