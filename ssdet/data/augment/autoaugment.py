@@ -311,6 +311,9 @@ class AutoAugment(T.Augmentation):
         self._needs_boxes = any(
             needs_boxes(op) for sub_policy in self.sub_policies for op, _ in sub_policy
         )
+        # What the last call drew, for tools that show it (tools/visualize_augment.py): the
+        # sub-policy's index and its ops as (name, probability, level, ran); None before a call.
+        self.last_draw: tuple[int, tuple[tuple[str, float, float, bool], ...]] | None = None
 
     def get_transform(self, image: np.ndarray, boxes: np.ndarray | None) -> T.Transform:
         return self(T.AugInput(image, boxes=boxes))
@@ -323,9 +326,19 @@ class AutoAugment(T.Augmentation):
                 "but the AugInput has no boxes. Detectron2's DatasetMapper builds AugInput without "
                 "boxes; use ssdet.data.augment.PolicyDatasetMapper."
             )
-        sub_policy = self.sub_policies[np.random.randint(len(self.sub_policies))]
-        transforms = []
-        for op, prob in sub_policy:
-            if np.random.uniform() < prob:
+        index = np.random.randint(len(self.sub_policies))
+        transforms, ran = [], []
+        for op, prob in self.sub_policies[index]:
+            ran.append(bool(np.random.uniform() < prob))
+            if ran[-1]:
                 transforms.append(op(aug_input))
+        self.last_draw = (
+            index,
+            tuple(
+                (name, prob, level, run)
+                for (name, prob, level), run in zip(
+                    AUTOAUGMENT_POLICIES[self.version][index], ran, strict=True
+                )
+            ),
+        )
         return T.TransformList(transforms)

@@ -75,6 +75,9 @@ class RandAugment(T.Augmentation):
             for name in ops
         ]
         self._needs_boxes = any(needs_boxes(op) for op in self._ops)
+        # The op names the last call drew, in order, for tools that show them
+        # (tools/visualize_augment.py); None before a call.
+        self.last_draw: tuple[str, ...] | None = None
 
     def get_transform(self, image: np.ndarray, boxes: np.ndarray | None) -> T.Transform:
         return self(T.AugInput(image, boxes=boxes))
@@ -86,8 +89,10 @@ class RandAugment(T.Augmentation):
                 "RandAugment has ops that read the instance boxes, but the AugInput has none; "
                 "use ssdet.data.augment.PolicyDatasetMapper."
             )
-        transforms = []
+        transforms, drawn = [], []
         for _ in range(self.num_ops):
-            op = self._ops[np.random.randint(len(self._ops))]
-            transforms.append(op(aug_input))
+            index = np.random.randint(len(self._ops))
+            drawn.append(self.ops[index])
+            transforms.append(self._ops[index](aug_input))
+        self.last_draw = tuple(drawn)
         return T.TransformList(transforms)

@@ -26,7 +26,13 @@ from ssdet.data.pseudo_labels.filter import PseudoLabelSelection, is_almost_empt
 from ssdet.data.pseudo_labels.store import gather_ranges, offsets_from_counts
 from ssdet.utils.io import atomic_open, atomic_write_json
 
-__all__ = ["GROUND_TRUTH_IOU", "PseudoLabelReport", "build_report", "write_report"]
+__all__ = [
+    "GROUND_TRUTH_IOU",
+    "PseudoLabelReport",
+    "build_report",
+    "report_figure",
+    "write_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,15 @@ _MAX_BOXES_BIN = 20
 _SCORE_BINS = 20
 # A kept box is a true positive at this IoU with a ground-truth object of its class (COCO's AP50).
 GROUND_TRUTH_IOU = 0.5
+# The plot (write_report): pixels per inch, font sizes (points), and the per-class bar charts'
+# width: one rotated class name per _CLASS_LABEL_WIDTH inches, at most _MAX_CLASS_LABELS names.
+_DPI = 100
+_TICK_FONT_SIZE = 10
+_TITLE_FONT_SIZE = 12
+_CLASS_LABEL_WIDTH = 0.2
+_MAX_CLASS_LABELS = 150
+_MIN_WIDTH = 12.0
+_MAX_WIDTH = 32.0
 
 
 @dataclass
@@ -306,10 +321,8 @@ def build_report(
 def write_report(
     report: PseudoLabelReport, json_path: str | os.PathLike, png_path: str | os.PathLike | None
 ) -> None:
-    """Write the report as JSON and, if ``png_path`` is given, as a 2x2 plot; both atomically.
-
-    The plot uses matplotlib's Agg canvas directly, so it neither needs a display nor changes the
-    caller's pyplot backend.
+    """Write the report as JSON and, if ``png_path`` is given, as a plot (:func:`report_figure`);
+    both atomically.
 
     Args:
         report: from :func:`build_report`.
@@ -319,45 +332,82 @@ def write_report(
     atomic_write_json(json_path, report.to_dict())
     if png_path is None:
         return
-    fig = Figure(figsize=(12, 8), tight_layout=True)
+    fig = report_figure(report)
+    with atomic_open(png_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=_DPI)
+
+
+def report_figure(report: PseudoLabelReport) -> Figure:
+    """The report's plot: the two histograms side by side, then one full-width bar chart per
+    class count, as wide as the class names need (at most :data:`_MAX_CLASS_LABELS` labeled).
+
+    Uses matplotlib's Agg canvas directly, so it neither needs a display nor changes the caller's
+    pyplot backend.
+    """
+    num_classes = len(report.class_box_counts)
+    labeled = min(num_classes, _MAX_CLASS_LABELS)
+    # Rotated names stand side by side: give each its line height, plus room for the axes.
+    width = min(_MAX_WIDTH, max(_MIN_WIDTH, 1.5 + labeled * _CLASS_LABEL_WIDTH))
+    longest = max((len(name) for name in report.class_box_counts), default=1)
+    names_height = min(3.0, 0.09 * longest)  # inches taken by the rotated names under a chart
+    fig = Figure(figsize=(width, 9 + 2 * names_height), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(2, 2, 1)
+    grid = fig.add_gridspec(3, 2, height_ratios=[3, 3 + names_height, 3 + names_height])
+
+    ax = fig.add_subplot(grid[0, 0])
     hist = report.boxes_per_image_histogram
     ax.bar(range(len(hist["counts"])), hist["counts"])
     ax.set_xticks(range(0, len(hist["bins"]), 5), hist["bins"][::5])
     ax.set_title(f"Kept boxes per image ({report.num_images_without_boxes} images without)")
     gt = report.ground_truth
+    title = f"Pseudo labels: {report.num_kept_boxes} kept boxes on {report.num_images} images"
     if gt is not None:
-        fig.suptitle(
-            f"Against ground truth: precision {_percent(gt['precision'])}, recall "
+        title += (
+            f"; against ground truth: precision {_percent(gt['precision'])}, recall "
             f"{_percent(gt['recall'])} at IoU {gt['iou_threshold']:g}"
         )
+    fig.suptitle(title, fontsize=_TITLE_FONT_SIZE + 1)
     ax.set_xlabel("boxes")
     ax.set_ylabel("images")
 
-    ax = fig.add_subplot(2, 2, 2)
+    ax = fig.add_subplot(grid[0, 1])
     edges = np.asarray(report.score_histogram["bin_edges"])
-    width = edges[1] - edges[0]
-    ax.bar(edges[:-1], report.score_histogram["stored"], width=width, align="edge", label="stored")
-    ax.bar(edges[:-1], report.score_histogram["kept"], width=width, align="edge", label="kept")
+    bin_width = edges[1] - edges[0]
+    ax.bar(
+        edges[:-1], report.score_histogram["stored"], width=bin_width, align="edge", label="stored"
+    )
+    ax.bar(edges[:-1], report.score_histogram["kept"], width=bin_width, align="edge", label="kept")
     ax.axvline(report.filter["score_thresh"], color="k", linestyle="--", label="SCORE_THRESH")
     ax.set_title("Teacher scores")
     ax.set_xlabel("score")
     ax.set_ylabel("boxes")
-    ax.legend()
+    ax.legend(fontsize=_TICK_FONT_SIZE)
 
-    for position, (title, counts) in enumerate(
+    for row, (title, counts, unit) in enumerate(
         [
-            ("Kept boxes per class", report.class_box_counts),
-            ("Dataset images per class (top box)", report.class_image_counts),
+            ("Kept boxes per class", report.class_box_counts, "boxes"),
+            ("Dataset images per class (top box)", report.class_image_counts, "images"),
         ],
-        start=3,
+        start=1,
     ):
-        ax = fig.add_subplot(2, 2, position)
+        ax = fig.add_subplot(grid[row, :])
         ax.bar(range(len(counts)), list(counts.values()))
-        if len(counts) <= 40:  # beyond that, names overlap into a black band
-            ax.set_xticks(range(len(counts)), list(counts), rotation=90, fontsize=6)
-        ax.set_title(title)
+        ax.set_xlim(-0.5, len(counts) - 0.5)
+        # Every class named up to _MAX_CLASS_LABELS; beyond, every step-th, so names never overlap.
+        step = -(-len(counts) // _MAX_CLASS_LABELS) if counts else 1
+        names = list(counts)
+        ax.set_xticks(
+            range(0, len(counts), step),
+            names[::step],
+            rotation=90,
+            fontsize=_TICK_FONT_SIZE,
+        )
+        ax.set_title(title + (f" (one class in {step} named)" if step > 1 else ""))
         ax.set_xlabel("class")
-    with atomic_open(png_path, "wb") as f:
-        fig.savefig(f, format="png", dpi=80)
+        ax.set_ylabel(unit)
+    for ax in fig.axes:
+        ax.tick_params(labelsize=_TICK_FONT_SIZE)
+        ax.title.set_fontsize(_TITLE_FONT_SIZE)
+        ax.xaxis.label.set_fontsize(_TICK_FONT_SIZE + 1)
+        ax.yaxis.label.set_fontsize(_TICK_FONT_SIZE + 1)
+    return fig

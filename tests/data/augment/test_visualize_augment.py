@@ -8,6 +8,8 @@ import sys
 import cv2
 import numpy as np
 
+from ssdet.data.augment import AUTOAUGMENT_POLICIES, RANDAUGMENT_OPS
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
@@ -71,7 +73,38 @@ def test_visualize_augment_writes_a_grid(tmp_path, monkeypatch):
         "0.1",
     ]
     monkeypatch.setattr(sys, "argv", argv)
-    _load_tool().main()
+    tool = _load_tool()
+    tool.main()
     grid = cv2.imread(str(output))
-    # A header row, then 2 image rows of 60-px cells; 3 columns (original, S1, S2) of 80 px.
-    assert grid.shape == (28 + 2 * 60, 3 * 80, 3)
+    # 3 columns (original, S1, S2) of 80 px; a caption, column titles, then 2 rows of 60-px cells,
+    # each over a band naming the cells' ops.
+    assert grid.shape[1] == 3 * 80 and grid.shape[0] > 2 * 60
+
+    # Each mapped cell names the ops it drew: the sub-policy's, with magnitudes, and the flip.
+    cfg = tool.get_cfg()
+    tool.add_ssdet_config(cfg)
+    cfg.merge_from_list(argv[argv.index("SSDET.AUGMENT.OUTPUT_SIZE") :])
+    dataset_dict = tool.load_coco_json(str(coco_json), str(tmp_path), "visualize_augment_test")[0]
+    for policy, names in (
+        ("S2", {name for sub in AUTOAUGMENT_POLICIES["v0"] for name, _, _ in sub}),
+        ("S4", set(RANDAUGMENT_OPS)),
+    ):
+        mapper = tool.build_mapper(cfg, policy)
+        np.random.seed(0)
+        cell = tool.mapped_cell(mapper, dataset_dict, "BGR")
+        policy_text, geometry_text = cell.op_text()
+        drawn = [run.split(" M")[0] for run in policy_text.split(": ", 1)[1].split(", ")]
+        assert drawn and set(drawn) <= names, policy_text
+        assert " M" in policy_text and "flip" in geometry_text and "scale x" in geometry_text
+        assert cell.image.shape == (64, 64, 3) and len(cell.boxes) == len(cell.classes)
+
+
+def test_visualize_augment_sizes_labels_to_the_cell():
+    tool = _load_tool()
+    assert tool.font_scale(640, tool._OPS_SCALE) == 2 * tool.font_scale(320, tool._OPS_SCALE)
+    # A class keeps its color; different classes get different ones.
+    assert tool.class_color(3) == tool.class_color(3) != tool.class_color(4)
+    image = np.zeros((32, 32, 3), np.uint8)
+    cell = tool.render_cell(image, np.array([[4.0, 4, 20, 20]]), [0], ["thing"], 320, 427)
+    assert cell.shape == (320, 427, 3)
+    assert (cell == np.array(tool.class_color(0), np.uint8)).all(axis=2).any()

@@ -1,5 +1,6 @@
 """Tests of the pseudo-label report: statistics, JSON, plot, summary, ground truth."""
 
+import dataclasses
 import json
 import os
 
@@ -15,7 +16,7 @@ from ssdet.data.pseudo_labels import (
     PseudoLabelShardWriter,
     merge_shards,
 )
-from ssdet.data.pseudo_labels.report import build_report, write_report
+from ssdet.data.pseudo_labels.report import build_report, report_figure, write_report
 from ssdet.utils.errors import InputError
 
 CLASSES = ["person", "car", "dog"]
@@ -60,6 +61,31 @@ def test_report_content(tmp_path, store):
     summary = report.summary()
     assert "kept 4 of 7" in summary and "1 without" in summary and "WARNING" not in summary
     assert "ground truth" not in summary
+
+
+def test_report_figure_fits_the_class_names(store):
+    report = build_report(PseudoLabelFilter().apply(store))
+    small = report_figure(report)
+    names = [f"class_{k}" for k in range(80)]
+    many = report_figure(
+        dataclasses.replace(
+            report,
+            class_box_counts=dict.fromkeys(names, 1),
+            class_image_counts=dict.fromkeys(names, 1),
+        )
+    )
+    # Wider for more classes; every class named, rotated, at a readable size.
+    assert many.get_size_inches()[0] > small.get_size_inches()[0]
+    for fig, count in ((small, len(CLASSES)), (many, len(names))):
+        class_axes = fig.axes[2:]
+        assert len(class_axes) == 2
+        for ax in class_axes:
+            labels = ax.get_xticklabels()
+            assert len(labels) == count
+            assert all(label.get_rotation() == 90 and label.get_fontsize() >= 9 for label in labels)
+    many.canvas.draw()
+    extents = [label.get_window_extent() for label in many.axes[2].get_xticklabels()]
+    assert all(left.x1 <= right.x0 for left, right in zip(extents[:-1], extents[1:], strict=True))
 
 
 def test_report_counts_balanced_dataset(store):
