@@ -585,6 +585,21 @@ def _flip_channels(model: dict[str, torch.Tensor], source: str) -> None:
     model["stem.conv1.weight"] = stem.flip(1).contiguous()
 
 
+def _check_converted(
+    model: dict[str, torch.Tensor],
+    unmatched: list[str],
+    allow_unmatched: bool,
+    overrides: Mapping[str, int | None],
+    source: str,
+) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    """The checks every converted backbone passes: no unmatched keys (unless allowed), then the
+    inferred and requested architectures and the requested one's missing keys."""
+    _check_unmatched(unmatched, allow_unmatched, source)
+    inferred = infer_arch(model, source)
+    target, target_source = _target_arch(inferred, overrides, source)
+    return inferred, target, check_backbone_state_dict(model, target, target_source)
+
+
 def _target_arch(
     inferred: dict[str, int], overrides: Mapping[str, int | None], source: str
 ) -> tuple[dict[str, int], str]:
@@ -742,11 +757,9 @@ def convert_checkpoint(
             dropped[key] = reason
         else:
             unmatched.append(key)
-    _check_unmatched(unmatched, allow_unmatched, source)
-
-    inferred = infer_arch(model, source)
-    target, target_source = _target_arch(inferred, overrides, source)
-    missing = check_backbone_state_dict(model, target, target_source)
+    inferred, target, missing = _check_converted(
+        model, unmatched, allow_unmatched, overrides, source
+    )
     auto_format = "torchvision" if prefix in _TORCHVISION_PREFIXES else "simclr"
     found_format = auto_format if source_format == "auto" else source_format
     # torchvision and the SimCLR implementations train on RGB images.
@@ -838,11 +851,9 @@ def _convert_detectron2(
             dropped[key] = reason
         else:
             unmatched.append(key)
-    _check_unmatched(unmatched, allow_unmatched, source)
-
-    inferred = infer_arch(model, source)
-    target, target_source = _target_arch(inferred, overrides, source)
-    missing = check_backbone_state_dict(model, target, target_source)
+    inferred, target, missing = _check_converted(
+        model, unmatched, allow_unmatched, overrides, source
+    )
     author = obj.get("__author__") if isinstance(obj, Mapping) else None
     # Detectron2's default INPUT.FORMAT is BGR; its tools/convert-torchvision-to-d2.py marks the
     # torchvision ResNets it converts, which were trained on RGB.
