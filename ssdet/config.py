@@ -230,6 +230,19 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.JOINT.NUM_WORKERS = 2
 
     # ---------------------------------------------------------------------------------------------
+    # FCOS (MODEL.META_ARCHITECTURE "SsdetFCOS", ssdet/modeling/fcos.py): Detectron2's FCOS built
+    # from a YAML config. It shares RetinaNet's keys (MODEL.RETINANET: NUM_CLASSES, IN_FEATURES,
+    # NUM_CONVS, NORM, PRIOR_PROB, FOCAL_LOSS_*, SCORE_THRESH_TEST, TOPK_CANDIDATES_TEST), so the
+    # class-count checks and the teacher's score floor need no FCOS case; only these are its own.
+    # ---------------------------------------------------------------------------------------------
+    _C.SSDET.FCOS = CN()
+    # Radius, in anchor strides, of a box's "center": every anchor point within it is positive
+    # (FCOS's center sampling; Detectron2's default 1.5).
+    _C.SSDET.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+    # IoU threshold of FCOS's test-time NMS (Detectron2's FCOS uses 0.6, RetinaNet 0.5).
+    _C.SSDET.FCOS.NMS_THRESH_TEST = 0.6
+
+    # ---------------------------------------------------------------------------------------------
     # Pre-training (tools/pretrain.py). Owned by pretrain. The detector's ResNet (MODEL.RESNETS:
     # depth, widths, norm) is trained on an ImageNet-layout folder, supervised or with SimCLR, and
     # exported as a backbone checkpoint for SSDET.INIT. The optimizer and schedule are SOLVER.*.

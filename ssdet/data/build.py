@@ -16,11 +16,24 @@ from ssdet.utils.io import atomic_write_json
 logger = logging.getLogger(__name__)
 
 
+# Meta-architectures whose class count is MODEL.RETINANET.NUM_CLASSES: Detectron2's RetinaNet and
+# ssdet's JointRetinaNet and SsdetFCOS (names only: data imports no model).
+RETINANET_KEYED_META_ARCHITECTURES = ("RetinaNet", "JointRetinaNet", "SsdetFCOS")
+
+
+def num_classes_key(cfg: CfgNode) -> str:
+    """The config key of the detector's class count, wherever its meta-architecture keeps it."""
+    if cfg.MODEL.META_ARCHITECTURE in RETINANET_KEYED_META_ARCHITECTURES:
+        return "MODEL.RETINANET.NUM_CLASSES"
+    return "MODEL.ROI_HEADS.NUM_CLASSES"
+
+
 def num_classes(cfg: CfgNode) -> int:
     """The detector's class count, wherever its meta-architecture keeps it."""
-    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
-        return cfg.MODEL.RETINANET.NUM_CLASSES
-    return cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    node = cfg
+    for name in num_classes_key(cfg).split("."):
+        node = getattr(node, name)
+    return node
 
 
 def check_registered(names: list[str] | tuple[str, ...]) -> None:
@@ -35,11 +48,7 @@ def check_num_classes(cfg: CfgNode, name: str) -> None:
     """Raise :class:`InputError` when the dataset's class count differs from the model's."""
     classes = MetadataCatalog.get(name).get("thing_classes")
     if classes is not None and len(classes) != num_classes(cfg):
-        key = (
-            "MODEL.RETINANET.NUM_CLASSES"
-            if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
-            else "MODEL.ROI_HEADS.NUM_CLASSES"
-        )
+        key = num_classes_key(cfg)
         raise InputError(
             f"Dataset {name!r} has {len(classes)} classes but {key} is {num_classes(cfg)}. "
             f"Set {key} {len(classes)} (or use a dataset with {num_classes(cfg)} classes)."

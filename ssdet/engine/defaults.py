@@ -51,12 +51,20 @@ def load_cfg(config_file: str, opts: list | None = None) -> CfgNode:
         The config, not frozen. ``MODEL.DEVICE`` "cuda" becomes "cpu" when no GPU is present.
 
     Raises:
-        InputError: no or a missing config file, or a bad key or value.
+        InputError: no or a missing config file, one that is not YAML (a LazyConfig .py),
+            or a bad key or value.
     """
     if not config_file:
         raise InputError("No config given: pass --config FILE (see configs/).")
     if not os.path.isfile(config_file):
         raise InputError(f"Config file {config_file!r} not found.")
+    if not config_file.endswith((".yaml", ".yml")):
+        # A LazyConfig .py is Python: loading one runs it, and no file a user passes may run code.
+        raise InputError(
+            f"Config {config_file!r} is not a .yaml file. ssdet reads Detectron2's YAML configs "
+            "(CfgNode, keys under SSDET); LazyConfig .py configs are not supported. Start from "
+            "one of configs/ (e.g. configs/mini/retinanet_R18_FPN_S1_supervised.yaml)."
+        )
     cfg = get_cfg()
     add_ssdet_config(cfg)
     try:

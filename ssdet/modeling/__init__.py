@@ -9,6 +9,7 @@ from ssdet.modeling.backbone import (
     build_ssdet_resnet_backbone,
     build_ssdet_retinanet_resnet_fpn_backbone,
 )
+from ssdet.modeling.fcos import SsdetFCOS
 from ssdet.modeling.joint import JointClassificationHead, JointRetinaNet, detector_state_dict
 from ssdet.modeling.noise import DropPath, add_drop_path, add_head_dropout, add_student_noise
 from ssdet.modeling.pseudo_targets import PSEUDO_CLS_TARGETS, score_weighted_classification
@@ -16,6 +17,7 @@ from ssdet.modeling.pseudo_targets import PSEUDO_CLS_TARGETS, score_weighted_cla
 __all__ = [
     "PSEUDO_CLS_TARGETS",
     "DropPath",
+    "SsdetFCOS",
     "JointClassificationHead",
     "JointRetinaNet",
     "add_drop_path",

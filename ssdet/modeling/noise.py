@@ -24,7 +24,7 @@ from detectron2.config import CfgNode
 from detectron2.layers import Conv2d
 from detectron2.modeling import FPN, Backbone, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, DeformBottleneckBlock
-from detectron2.modeling.meta_arch.retinanet import RetinaNet, RetinaNetHead
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
 from ssdet.utils.errors import InputError
@@ -154,7 +154,8 @@ def add_student_noise(model: nn.Module, cfg: CfgNode) -> nn.Module:
     """Add the student noise of ``cfg.SSDET.NOISE`` to a built detector, in place.
 
     Args:
-        model: a Detectron2 meta-architecture with a ``backbone`` (a RetinaNet for dropout).
+        model: a Detectron2 meta-architecture with a ``backbone`` (a RetinaNet or FCOS for
+            dropout).
         cfg: the config; rates of 0 (the defaults) leave the model unchanged.
 
     Returns:
@@ -168,10 +169,11 @@ def add_student_noise(model: nn.Module, cfg: CfgNode) -> nn.Module:
     if drop_path_rate > 0:
         add_drop_path(_bottom_up_resnet(model.backbone), drop_path_rate)
     if dropout > 0:
-        if not isinstance(model, RetinaNet):
+        # RetinaNet's head or a subclass of it (FCOSHead: its centerness reads bbox_subnet).
+        if not isinstance(getattr(model, "head", None), RetinaNetHead):
             raise InputError(
-                f"SSDET.NOISE.DROPOUT applies to RetinaNet's head, not to "
-                f"{type(model).__name__}; set it to 0."
+                f"SSDET.NOISE.DROPOUT applies to a RetinaNet or FCOS head, not to "
+                f"{type(model).__name__}'s; set it to 0."
             )
         add_head_dropout(model.head, dropout)
     logger.info(f"Student noise: drop path rate {drop_path_rate}, head dropout {dropout}")

@@ -75,3 +75,12 @@ def test_config_that_is_no_yaml_mapping_is_an_input_error(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(InputError, match=name):
             load_cfg(str(tmp_path / name))
+
+
+def test_lazyconfig_python_file_is_refused_unrun(tmp_path):
+    marker = tmp_path / "ran"
+    lazy = tmp_path / "fcos_R_50_FPN_1x.py"
+    lazy.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nmodel = None\n")
+    with pytest.raises(InputError, match=r"not a \.yaml file.*LazyConfig \.py configs"):
+        load_cfg(str(lazy))
+    assert not marker.exists()

@@ -573,3 +573,29 @@ def test_a_key_added_to_ssdet_after_a_stage_was_made_is_no_difference_at_its_def
     assert _spec_differences(old, {**new, "config": {"SOLVER.MAX_ITER": 40, key: 1}}) == [
         "SOLVER.MAX_ITER 20 -> 40"
     ]
+
+
+def test_fcos_experiment_trains_teacher_labels_and_student(tiny_world, tmp_path):
+    """FCOS from YAML through every stage: teacher, pseudo-labeling and the one-forward student."""
+    fcos = os.path.join(REPO, "configs", "mini", "fcos_self_train_instant_test.yaml")
+    args = self_training_argument_parser().parse_args(
+        ["--config", fcos, "OUTPUT_DIR", str(tmp_path / "exp")]
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        record = run_self_training(args)
+    output_dir = str(tmp_path / "exp")
+    assert record["stages"] == list(ROUND1)
+    for stage in ("teacher", "round1/student"):
+        cfg = get_cfg()
+        cfg.set_new_allowed(True)
+        cfg.merge_from_file(os.path.join(output_dir, stage, "config.yaml"))
+        assert cfg.MODEL.META_ARCHITECTURE == "SsdetFCOS", stage
+    store = read_metadata(os.path.join(output_dir, "round1", "pseudo_labels", "store"))
+    assert store["counts"]["boxes"] > 0
+    for results in (record["teacher"], record["results"]):
+        assert 0 <= results["mini_coco_val"]["bbox"]["AP"] <= 100
+    # The student's weights are an FCOS: its centerness branch is there and loads strictly.
+    checkpoint = torch.load(os.path.join(output_dir, record["checkpoint"]), weights_only=True)
+    assert "head.ctrness.weight" in checkpoint["model"]
+    model = build_model(load_cfg(fcos, ["MODEL.DEVICE", "cpu"]))
+    model.load_state_dict(checkpoint["model"], strict=True)

@@ -437,9 +437,8 @@ def _count_backbone_calls(model) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("pseudo_cls_target", ["hard", "score"])
-def test_one_forward_gives_each_part_the_losses_of_its_own_forward(pseudo_cls_target):
-    cfg = student_cfg()
+def _check_one_forward_equals_two(cfg, pseudo_cls_target: str, loss_names: set[str]) -> None:
+    """One forward of both parts logs, normalizes and updates exactly as two forwards."""
     torch.manual_seed(0)
     human, pseudo = retinanet_batch(2, 6), retinanet_batch(2, 1)
     for image in human + pseudo:
@@ -469,12 +468,32 @@ def test_one_forward_gives_each_part_the_losses_of_its_own_forward(pseudo_cls_ta
         assert "forward_training" not in vars(model)
     assert results["one"][0] == 2 and results["two"][0] == 4  # backbone passes in 2 steps
     assert set(results["one"][1]) == set(results["two"][1])
-    assert {"human/loss_cls", "pseudo/loss_box_reg"} <= set(results["one"][1])
+    assert loss_names <= set(results["one"][1])
     for key, value in results["two"][1].items():
         assert results["one"][1][key] == pytest.approx(value, rel=1e-4), key
     assert results["one"][2] == pytest.approx(results["two"][2])
     for a, b in zip(one.parameters(), two.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("pseudo_cls_target", ["hard", "score"])
+def test_one_forward_gives_each_part_the_losses_of_its_own_forward(pseudo_cls_target):
+    names = {"human/loss_cls", "pseudo/loss_box_reg"}
+    _check_one_forward_equals_two(student_cfg(), pseudo_cls_target, names)
+
+
+def test_fcos_one_forward_gives_each_part_the_losses_of_its_own_forward():
+    # FCOS (ssdet/modeling/fcos.py) is a DenseDetector with its own loss names and normalizer.
+    cfg = student_cfg(**{"MODEL.META_ARCHITECTURE": "SsdetFCOS"})
+    names = {"human/loss_fcos_cls", "human/loss_fcos_ctr", "pseudo/loss_fcos_loc"}
+    _check_one_forward_equals_two(cfg, "hard", names)
+
+
+def test_fcos_refuses_the_score_weighted_target():
+    model = build_model(student_cfg(**{"MODEL.META_ARCHITECTURE": "SsdetFCOS"}))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(InputError, match="RetinaNet"):
+        SimpleStudentTrainer(model, iter([]), optimizer, pseudo_cls_target="score")
 
 
 def test_parts_of_different_aspect_groups_get_their_own_forwards():

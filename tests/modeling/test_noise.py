@@ -151,7 +151,7 @@ def test_student_noise_input_errors():
 
     cfg = instant_cfg(DROPOUT=0.1)
     model = NotRetinaNet(build_ssdet_resnet_backbone(resnet_cfg(18, 8), ShapeSpec(channels=3)))
-    with pytest.raises(InputError, match="RetinaNet's head"):
+    with pytest.raises(InputError, match="a RetinaNet or FCOS head"):
         add_student_noise(model, cfg)
     cfg = instant_cfg(DROP_PATH_RATE=0.1)
     with pytest.raises(InputError, match="ResNet"):
