@@ -237,7 +237,7 @@ def add_ssdet_config(cfg: CN) -> None:
     # ---------------------------------------------------------------------------------------------
     _C.SSDET.FCOS = CN()
     # Radius, in anchor strides, of a box's "center": every anchor point within it is positive
-    # (FCOS's center sampling; Detectron2's default 1.5).
+    # (FCOS's center sampling; Detectron2's default 1.5, FCOS_DEFAULTS in ssdet/modeling/fcos.py).
     _C.SSDET.FCOS.CENTER_SAMPLING_RADIUS = 1.5
     # IoU threshold of FCOS's test-time NMS (Detectron2's FCOS uses 0.6, RetinaNet 0.5).
     _C.SSDET.FCOS.NMS_THRESH_TEST = 0.6

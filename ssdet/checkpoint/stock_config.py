@@ -22,6 +22,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
 from fvcore.common.registry import Registry
 
 import ssdet.modeling.any_width_resnet as any_width
+from ssdet.modeling.fcos import FCOS_DEFAULTS, SsdetFCOS
 from ssdet.utils.io import atomic_open
 
 __all__ = ["ANY_WIDTH_MODULE", "STOCK_CONFIG", "stock_config", "write_stock_config"]
@@ -114,6 +115,13 @@ def stock_config(cfg: CfgNode, weights: str) -> tuple[CfgNode, list[str]]:
                 f'    sys.path.insert(0, "{os.path.dirname(stock.MODEL.WEIGHTS)}")',
                 f"    import {os.path.splitext(ANY_WIDTH_MODULE)[0]}",
             ]
+    if stock.MODEL.META_ARCHITECTURE == SsdetFCOS.__name__:
+        changed = {k: v for k, v in cfg.SSDET.FCOS.items() if v != FCOS_DEFAULTS[k]}
+        if changed:
+            notes.append(
+                f"Left out with SSDET: SSDET.FCOS {changed}; built without SSDET, SsdetFCOS uses "
+                f"Detectron2's FCOS defaults {FCOS_DEFAULTS} (the same weights load either way)."
+            )
     for key, registry, name in (
         ("MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY, stock.MODEL.META_ARCHITECTURE),
         ("MODEL.BACKBONE.NAME", BACKBONE_REGISTRY, stock.MODEL.BACKBONE.NAME),

@@ -18,7 +18,10 @@ from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 
 from ssdet.utils.errors import InputError
 
-__all__ = ["SsdetFCOS"]
+__all__ = ["FCOS_DEFAULTS", "SsdetFCOS"]
+
+# Detectron2's FCOS defaults, also the defaults of SSDET.FCOS (ssdet/config.py).
+FCOS_DEFAULTS = {"CENTER_SAMPLING_RADIUS": 1.5, "NMS_THRESH_TEST": 0.6}
 
 
 @META_ARCH_REGISTRY.register()
@@ -45,6 +48,9 @@ class SsdetFCOS(FCOS):
                 f"({cfg.MODEL.BACKBONE.NAME}) does not output; it outputs {sorted(shapes)}."
             )
         feature_shapes = [shapes[name] for name in retinanet.IN_FEATURES]
+        # A config without SSDET (config_detectron2.yaml, for stock Detectron2 plus this module)
+        # gets Detectron2's FCOS defaults; the stock config notes a run's other values.
+        fcos = cfg.SSDET.FCOS if "SSDET" in cfg else CfgNode(FCOS_DEFAULTS)
         head = FCOSHead(
             input_shape=feature_shapes,
             conv_dims=[feature_shapes[0].channels] * retinanet.NUM_CONVS,
@@ -57,12 +63,12 @@ class SsdetFCOS(FCOS):
             "head": head,
             "head_in_features": list(retinanet.IN_FEATURES),
             "num_classes": retinanet.NUM_CLASSES,
-            "center_sampling_radius": cfg.SSDET.FCOS.CENTER_SAMPLING_RADIUS,
+            "center_sampling_radius": fcos.CENTER_SAMPLING_RADIUS,
             "focal_loss_alpha": retinanet.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": retinanet.FOCAL_LOSS_GAMMA,
             "test_score_thresh": retinanet.SCORE_THRESH_TEST,
             "test_topk_candidates": retinanet.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": cfg.SSDET.FCOS.NMS_THRESH_TEST,
+            "test_nms_thresh": fcos.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,

@@ -141,3 +141,13 @@ def test_keys_and_names_that_are_not_detectron2s_are_noted():
     text = "\n".join(lines)
     assert "Left out, not Detectron2 keys: MODEL.EXTRA_HEAD." in text
     assert "MODEL.META_ARCHITECTURE JointRetinaNet is not Detectron2's" in text
+
+
+def test_fcos_values_left_out_with_ssdet_are_noted():
+    fcos = os.path.join(REPO, "configs", "mini", "fcos_instant_test.yaml")
+    _, lines = stock_config(load_cfg(fcos), "w.pth")
+    text = "\n".join(lines)
+    assert "MODEL.META_ARCHITECTURE SsdetFCOS is not Detectron2's" in text
+    assert "SSDET.FCOS" not in text  # at the defaults, the stock config builds the same model
+    _, lines = stock_config(load_cfg(fcos, ["SSDET.FCOS.CENTER_SAMPLING_RADIUS", "2.0"]), "w.pth")
+    assert "SSDET.FCOS {'CENTER_SAMPLING_RADIUS': 2.0}" in "\n".join(lines)
