@@ -145,7 +145,7 @@ class AMPGradientAccumulationTrainer(GradientAccumulationTrainer, AMPTrainer):
 
 class CPUAutocastGradientAccumulationTrainer(GradientAccumulationTrainer):
     """:class:`GradientAccumulationTrainer` with its forwards in bfloat16 autocast on the CPU (see
-    :func:`~ssdet.engine.trainer.uses_cpu_autocast`)."""
+    :func:`~ssdet.engine.trainer.amp_mode`)."""
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast("cpu", dtype=torch.bfloat16)

@@ -69,7 +69,7 @@ from ssdet.engine.accumulation import (
     GradientAccumulationTrainer,
     check_accumulation_steps,
 )
-from ssdet.engine.trainer import Trainer, uses_cpu_autocast
+from ssdet.engine.trainer import Trainer, amp_mode
 from ssdet.modeling.noise import add_student_noise, check_noise_config
 from ssdet.modeling.pseudo_targets import PSEUDO_CLS_TARGETS, score_weighted_classification
 from ssdet.utils.errors import InputError
@@ -620,7 +620,7 @@ class AMPStudentTrainer(SimpleStudentTrainer, AMPGradientAccumulationTrainer):
 
 class CPUAutocastStudentTrainer(SimpleStudentTrainer, CPUAutocastGradientAccumulationTrainer):
     """The student's step with its forwards in bfloat16 autocast on the CPU (no loss scaling:
-    bfloat16 has float32's exponent range); see :func:`~ssdet.engine.trainer.uses_cpu_autocast`.
+    bfloat16 has float32's exponent range); see :func:`~ssdet.engine.trainer.amp_mode`.
     """
 
 
@@ -671,11 +671,11 @@ class StudentTrainer(Trainer):
         st = cfg.SSDET.SELF_TRAINING
         accumulation_steps = check_accumulation_steps(cfg.SSDET.SOLVER.GRAD_ACCUM_STEPS)
         super().__init__(cfg)
-        trainer_class = SimpleStudentTrainer
-        if uses_cpu_autocast(cfg):
-            trainer_class = CPUAutocastStudentTrainer
-        elif cfg.SOLVER.AMP.ENABLED:
-            trainer_class = AMPStudentTrainer
+        trainer_class = {
+            None: SimpleStudentTrainer,
+            "cpu": CPUAutocastStudentTrainer,
+            "cuda": AMPStudentTrainer,
+        }[amp_mode(cfg)]
         # DefaultTrainer builds a SimpleTrainer/AMPTrainer from the model, loader and optimizer;
         # the student step replaces it around the same three.
         self._trainer = trainer_class(

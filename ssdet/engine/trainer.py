@@ -1,5 +1,6 @@
 """The supervised trainer: Detectron2's ``DefaultTrainer`` with ssdet's data and evaluation."""
 
+import logging
 import os
 
 import detectron2.engine.defaults as d2_defaults
@@ -46,14 +47,50 @@ def create_ddp_model(model, **kwargs):
 d2_defaults.create_ddp_model = create_ddp_model
 
 
-def uses_cpu_autocast(cfg: CfgNode) -> bool:
-    """Whether ``SOLVER.AMP.ENABLED`` means bfloat16 autocast on the CPU.
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16; AMX CPUs have it too).
+
+    Without it PyTorch emulates bfloat16 through float32 conversions: measured on an AVX2-only
+    AMD EPYC, the mini teacher's step took 4.0 s in bfloat16 autocast against 0.57 s in float32
+    (docs/results/mini_regime_2026-12-02/queue_session11.sh). A PyTorch without the probe counts
+    as native, so nothing changes there.
+    """
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return probe is None or bool(probe())
+
+
+_logged_float32_fallback = False
+
+
+def amp_mode(cfg: CfgNode) -> str | None:
+    """How a training step runs under ``SOLVER.AMP.ENABLED``: ``None`` (float32), ``"cpu"`` or
+    ``"cuda"``.
 
     Detectron2's ``AMPTrainer`` is CUDA-only (float16 with a grad scaler). On a CPU device ssdet
-    runs the forward in bfloat16 instead: it keeps float32's exponent range, so no loss scaling
-    is needed, and CPUs with AVX512-BF16 run the mini model's convolutions ~1.26x faster.
+    runs the forward in bfloat16 instead (``"cpu"``): it keeps float32's exponent range, so no
+    loss scaling is needed, and CPUs with AVX512-BF16 run the mini model's convolutions ~1.26x
+    faster. A CPU without native bfloat16 runs float32, with a warning: there bfloat16 would be
+    ~7x slower (:func:`cpu_has_native_bfloat16`), never what AMP is asked for.
     """
-    return cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu"
+    global _logged_float32_fallback
+    if not cfg.SOLVER.AMP.ENABLED:
+        return None
+    if torch.device(cfg.MODEL.DEVICE).type != "cpu":
+        return "cuda"
+    if cpu_has_native_bfloat16():
+        return "cpu"
+    if not _logged_float32_fallback:
+        _logged_float32_fallback = True
+        logging.getLogger(__name__).warning(
+            "SOLVER.AMP.ENABLED: this CPU has no native bfloat16 (AVX512-BF16), where bfloat16 "
+            "autocast runs ~7x slower than float32; training in float32 instead."
+        )
+    return None
+
+
+def uses_cpu_autocast(cfg: CfgNode) -> bool:
+    """Whether the step runs in bfloat16 autocast on the CPU (:func:`amp_mode` is ``"cpu"``)."""
+    return amp_mode(cfg) == "cpu"
 
 
 class CPUAutocastTrainer(SimpleTrainer):
@@ -75,7 +112,8 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
     (:class:`~ssdet.engine.joint.JointTrainerMixin`).
 
     With ``SOLVER.AMP.ENABLED`` on a CPU device, the step runs in bfloat16 autocast
-    (:class:`CPUAutocastTrainer`); on a GPU it is Detectron2's ``AMPTrainer``. With
+    (:class:`CPUAutocastTrainer`; float32 on a CPU without native bfloat16, see :func:`amp_mode`);
+    on a GPU it is Detectron2's ``AMPTrainer``. With
     ``SSDET.SOLVER.GRAD_ACCUM_STEPS`` > 1 each step accumulates that many batches
     (:mod:`ssdet.engine.accumulation`).
 
@@ -92,21 +130,21 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
         if accumulation_steps > 1:
             # Several batches per optimizer step (ssdet.engine.accumulation), in the precision
             # that the step below would have.
-            if uses_cpu_autocast(cfg):
-                step_class = CPUAutocastGradientAccumulationTrainer
-            elif cfg.SOLVER.AMP.ENABLED:
-                step_class = AMPGradientAccumulationTrainer
-            else:
-                step_class = GradientAccumulationTrainer
+            step_class = {
+                None: GradientAccumulationTrainer,
+                "cpu": CPUAutocastGradientAccumulationTrainer,
+                "cuda": AMPGradientAccumulationTrainer,
+            }[amp_mode(cfg)]
             self._trainer = step_class(
                 inner.model,
                 inner.data_loader,
                 inner.optimizer,
                 accumulation_steps=accumulation_steps,
             )
-        elif uses_cpu_autocast(cfg):
-            # DefaultTrainer picks AMPTrainer, which refuses to run without CUDA.
-            self._trainer = CPUAutocastTrainer(inner.model, inner.data_loader, inner.optimizer)
+        elif cfg.SOLVER.AMP.ENABLED and amp_mode(cfg) != "cuda":
+            # DefaultTrainer picks AMPTrainer for AMP, which refuses to run without CUDA.
+            step_class = CPUAutocastTrainer if amp_mode(cfg) == "cpu" else SimpleTrainer
+            self._trainer = step_class(inner.model, inner.data_loader, inner.optimizer)
 
     def build_hooks(self) -> list:
         # Ctrl-C and SIGTERM stop after the current step, with its checkpoint.

@@ -10,6 +10,7 @@ per part, pseudo-labeling, evaluation) works with it as with RetinaNet.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from detectron2.config import CfgNode, configurable
@@ -20,8 +21,13 @@ from ssdet.utils.errors import InputError
 
 __all__ = ["FCOS_DEFAULTS", "SsdetFCOS"]
 
-# Detectron2's FCOS defaults, also the defaults of SSDET.FCOS (ssdet/config.py).
-FCOS_DEFAULTS = {"CENTER_SAMPLING_RADIUS": 1.5, "NMS_THRESH_TEST": 0.6}
+# Detectron2's FCOS defaults for the SSDET.FCOS keys (ssdet/config.py), read off FCOS's own
+# signature so that they follow the installed Detectron2 instead of a copy of its literals.
+_FCOS_ARGS = inspect.signature(FCOS.__init__).parameters
+FCOS_DEFAULTS = {
+    "CENTER_SAMPLING_RADIUS": _FCOS_ARGS["center_sampling_radius"].default,
+    "NMS_THRESH_TEST": _FCOS_ARGS["test_nms_thresh"].default,
+}
 
 
 @META_ARCH_REGISTRY.register()

@@ -11,6 +11,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from ssdet.config import add_ssdet_config
+from ssdet.engine import trainer as trainer_module
 from ssdet.engine.accumulation import (
     AMPGradientAccumulationTrainer,
     CPUAutocastGradientAccumulationTrainer,
@@ -148,13 +149,18 @@ def mini_cfg(tmp_path, **solver):
     return cfg
 
 
-def test_trainer_takes_the_accumulating_step_and_refuses_bad_values(tiny_world, tmp_path):
+def test_trainer_takes_the_accumulating_step_and_refuses_bad_values(
+    tiny_world, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bfloat16", lambda: True)
     trainer = Trainer(mini_cfg(tmp_path, GRAD_ACCUM_STEPS=2))
     assert type(trainer._trainer) is GradientAccumulationTrainer
     assert trainer._trainer.accumulation_steps == 2
     cfg = mini_cfg(tmp_path, GRAD_ACCUM_STEPS=2)
     cfg.SOLVER.AMP.ENABLED = True
     assert type(Trainer(cfg)._trainer) is CPUAutocastGradientAccumulationTrainer
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bfloat16", lambda: False)
+    assert type(Trainer(cfg)._trainer) is GradientAccumulationTrainer
     for bad in (0, -1):
         with pytest.raises(InputError, match="GRAD_ACCUM_STEPS must be an integer >= 1"):
             Trainer(mini_cfg(tmp_path, GRAD_ACCUM_STEPS=bad))

@@ -10,7 +10,8 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from ssdet.config import add_ssdet_config
-from ssdet.engine.trainer import CPUAutocastTrainer, Trainer, uses_cpu_autocast
+from ssdet.engine import trainer as trainer_module
+from ssdet.engine.trainer import CPUAutocastTrainer, Trainer, amp_mode, uses_cpu_autocast
 
 from ..conftest import REPO
 
@@ -29,14 +30,29 @@ class LinearLoss(nn.Module):
         return {"loss": y.float().pow(2).mean()}
 
 
-def test_uses_cpu_autocast_only_for_amp_on_a_cpu_device():
+def native_bfloat16(monkeypatch, native: bool) -> None:
+    """Makes ssdet see a CPU with (or without) native bfloat16, whatever this machine has."""
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bfloat16", lambda: native)
+
+
+def test_amp_mode_is_bfloat16_only_on_a_cpu_that_has_it(monkeypatch):
     cfg = get_cfg()
     cfg.MODEL.DEVICE = "cpu"
-    assert not uses_cpu_autocast(cfg)
+    assert amp_mode(cfg) is None and not uses_cpu_autocast(cfg)
     cfg.SOLVER.AMP.ENABLED = True
-    assert uses_cpu_autocast(cfg)
+    native_bfloat16(monkeypatch, True)
+    assert amp_mode(cfg) == "cpu" and uses_cpu_autocast(cfg)
+    # Emulated bfloat16 is ~7x slower than float32 (AVX2-only CPUs): AMP falls back to float32.
+    native_bfloat16(monkeypatch, False)
+    assert amp_mode(cfg) is None and not uses_cpu_autocast(cfg)
     cfg.MODEL.DEVICE = "cuda"
-    assert not uses_cpu_autocast(cfg)
+    assert amp_mode(cfg) == "cuda" and not uses_cpu_autocast(cfg)
+
+
+def test_cpu_bfloat16_probe_reads_this_cpu():
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    expected = probe is None or probe()
+    assert trainer_module.cpu_has_native_bfloat16() is bool(expected)
 
 
 def test_cpu_autocast_step_forwards_in_bfloat16_and_keeps_float32_weights():
@@ -54,7 +70,8 @@ def test_cpu_autocast_step_forwards_in_bfloat16_and_keeps_float32_weights():
     assert not torch.equal(model.fc.weight.detach(), before)
 
 
-def test_trainer_picks_the_cpu_autocast_step(tiny_world, tmp_path):
+def test_trainer_picks_the_cpu_autocast_step(tiny_world, tmp_path, monkeypatch):
+    native_bfloat16(monkeypatch, True)
     cfg = get_cfg()
     add_ssdet_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml"))
@@ -65,3 +82,5 @@ def test_trainer_picks_the_cpu_autocast_step(tiny_world, tmp_path):
     trainer = Trainer(cfg)
     assert isinstance(trainer._trainer, CPUAutocastTrainer)
     assert not isinstance(trainer._trainer, AMPTrainer)
+    native_bfloat16(monkeypatch, False)
+    assert type(Trainer(cfg)._trainer) is SimpleTrainer

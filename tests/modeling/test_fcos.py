@@ -34,6 +34,26 @@ def batch(num_images: int = 2) -> list[dict]:
     return images
 
 
+def test_ssdet_fcos_defaults_are_detectron2s():
+    # A stock config (no SSDET keys) falls back to FCOS_DEFAULTS, so the two must agree for a run
+    # with default SSDET.FCOS to rebuild the same model there.
+    from detectron2.config import CfgNode as CN
+
+    from ssdet.config import add_ssdet_config
+    from ssdet.modeling.fcos import FCOS_DEFAULTS
+
+    cfg = CN()
+    add_ssdet_config(cfg)
+    assert (
+        dict(cfg.SSDET.FCOS)
+        == FCOS_DEFAULTS
+        == {
+            "CENTER_SAMPLING_RADIUS": 1.5,
+            "NMS_THRESH_TEST": 0.6,
+        }
+    )
+
+
 def test_fcos_builds_from_yaml_with_retinanet_keys():
     cfg = fcos_cfg("MODEL.RETINANET.NUM_CLASSES", 7, "SSDET.FCOS.CENTER_SAMPLING_RADIUS", 2.0)
     model = build_model(cfg)
