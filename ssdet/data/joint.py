@@ -6,7 +6,8 @@ then holds a detection batch (whatever the detection loader yields: a list of ma
 the student's :class:`~ssdet.data.mixed.MixedBatch`) and a :class:`ClassificationBatch` of
 ``SSDET.JOINT.IMS_PER_BATCH`` labeled images from an ImageNet-layout folder
 (:class:`~ssdet.data.image_folder.ImageFolderListing`), drawn by their own infinite, seeded,
-rank-sharded :class:`~detectron2.data.samplers.TrainingSampler`. :func:`add_classification_batches`
+rank-sharded :class:`~detectron2.data.samplers.TrainingSampler` stream (resumable:
+:mod:`ssdet.data.resumable`). :func:`add_classification_batches`
 zips the two into :class:`JointBatch` pairs, which :class:`~ssdet.modeling.joint.JointRetinaNet`
 takes as its training input.
 """
@@ -18,14 +19,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.data.samplers import TrainingSampler
-from detectron2.utils import comm
 
 from ssdet.data.build import check_registered
 from ssdet.data.image_folder import ImageFolderListing
+from ssdet.data.resumable import build_resumable_train_loader, start_loader_at
 from ssdet.utils.errors import InputError
 
 __all__ = [
@@ -211,28 +211,23 @@ def build_classification_train_loader(
         An infinite iterable of :class:`ClassificationBatch`; the images cycle through the
         dataset in a new seeded order each epoch.
     """
-    world_size = comm.get_world_size()
-    if total_batch_size <= 0 or total_batch_size % world_size:
-        raise InputError(
-            f"SSDET.JOINT.IMS_PER_BATCH {total_batch_size} must be a positive multiple of the "
-            f"number of processes ({world_size})."
-        )
-    if num_workers < 0:
-        raise InputError(f"SSDET.JOINT.NUM_WORKERS must be >= 0, got {num_workers}")
-    logger.info(
-        f"Joint classification batches: {total_batch_size // world_size} images per process and "
-        f"step from {len(dataset)} images"
-    )
-    return build_detection_train_loader(
+    # TrainingSampler's stream, sharded by rank, resumable (ssdet.data.resumable).
+    loader = build_resumable_train_loader(
         dataset,
         mapper=mapper,
-        sampler=TrainingSampler(len(dataset), seed=seed),
+        seed=seed,
         total_batch_size=total_batch_size,
         # The images are resized to one square shape: nothing to group.
         aspect_ratio_grouping=False,
         num_workers=num_workers,
         collate_fn=collate_classification,
+        keys=("SSDET.JOINT.IMS_PER_BATCH", "SSDET.JOINT.NUM_WORKERS"),
     )
+    logger.info(
+        f"Joint classification batches: {loader.batch_size} images per process and step from "
+        f"{len(dataset)} images"
+    )
+    return loader
 
 
 class JointBatchLoader:
@@ -250,6 +245,11 @@ class JointBatchLoader:
     ):
         self.detection_loader = detection_loader
         self.classification_loader = classification_loader
+
+    def start_at(self, batch: int) -> bool:
+        """Begin the next iteration at ``batch`` (:func:`~ssdet.data.resumable.start_loader_at`)."""
+        parts = (self.detection_loader, self.classification_loader)
+        return all([start_loader_at(part, batch) for part in parts])
 
     def __iter__(self) -> Iterator[JointBatch]:
         classification = iter(self.classification_loader)

@@ -3,11 +3,12 @@
 "Rethinking Pre-training and Self-training" trains the student on batches that are half COCO
 (human labels), half pseudo-labeled ImageNet. Every batch of every process holds exactly
 ``round(B * PSEUDO_RATIO)`` pseudo-labeled images and the rest human-labeled, B being the
-per-process batch size. Each part is one of Detectron2's own train loaders
-(``build_detection_train_loader``) with its own dataset, mapper (augmentation policy), infinite
-:class:`~detectron2.data.samplers.TrainingSampler` (sharded by rank, with its own seed) and aspect
-ratio grouping; :class:`MixedBatchLoader` zips them into :class:`MixedBatch` pairs, so the two
-parts never have to be told apart by a key inside the dicts.
+per-process batch size. Each part is a train loader as Detectron2's
+``build_detection_train_loader`` builds it, made resumable (:mod:`ssdet.data.resumable`), with its
+own dataset, mapper (augmentation policy), infinite
+:class:`~detectron2.data.samplers.TrainingSampler` stream (sharded by rank, with its own seed) and
+aspect ratio grouping; :class:`MixedBatchLoader` zips them into :class:`MixedBatch` pairs, so the
+two parts never have to be told apart by a key inside the dicts.
 """
 
 import logging
@@ -16,13 +17,12 @@ from typing import NamedTuple
 
 import numpy as np
 from detectron2.config import CfgNode, configurable
-from detectron2.data import build_detection_train_loader
-from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
 from ssdet.data.augment import PolicyDatasetMapper
 from ssdet.data.build import get_labeled_dataset_dicts
 from ssdet.data.pseudo_labels import load_pseudo_label_dataset
+from ssdet.data.resumable import build_resumable_train_loader, start_loader_at
 from ssdet.utils.errors import InputError
 
 __all__ = [
@@ -117,6 +117,11 @@ class MixedBatchLoader:
         self.pseudo_loader = pseudo_loader
         self.num_human = num_human
         self.num_pseudo = num_pseudo
+
+    def start_at(self, batch: int) -> bool:
+        """Begin the next iteration at ``batch`` (:func:`~ssdet.data.resumable.start_loader_at`)."""
+        parts = [p for p in (self.human_loader, self.pseudo_loader) if p is not None]
+        return all([start_loader_at(part, batch) for part in parts])
 
     def __iter__(self) -> Iterator[MixedBatch]:
         human = iter(self.human_loader) if self.human_loader is not None else None
@@ -239,12 +244,12 @@ def build_mixed_train_loader(
             raise ValueError(
                 f"the {part}-labeled part has {num_images} images per batch but no data"
             )
-        return build_detection_train_loader(
+        # TrainingSampler's stream, sharded by rank, resumable (ssdet.data.resumable).
+        return build_resumable_train_loader(
             dataset,
             mapper=mapper,
-            # TrainingSampler shards the infinite stream by rank, so each process sees its share.
-            sampler=TrainingSampler(len(dataset), seed=part_seed),
-            # Detectron2 divides its total batch size by the number of processes.
+            seed=part_seed,
+            # Divided by the number of processes, as Detectron2 does.
             total_batch_size=num_images * world_size,
             aspect_ratio_grouping=aspect_ratio_grouping,
             num_workers=workers,

@@ -38,6 +38,8 @@ from detectron2.engine.hooks import EvalHook
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
+from ssdet.engine.exact_resume import collect_rank_state
+
 __all__ = [
     "STOP_SIGNALS",
     "StopOnSignal",
@@ -162,6 +164,8 @@ class StopOnSignal(HookBase):
             logger.warning("%s in the last iteration: finishing the run", name)
             self._requested = None
             return
+        # Every process's own state goes into the checkpoint (ssdet.engine.exact_resume).
+        collect_rank_state(trainer)
         checkpointer = trainer.checkpointer
         basename = f"model_{trainer.iter:07d}"
         if comm.is_main_process() and last_checkpoint(checkpointer.save_dir) != os.path.join(

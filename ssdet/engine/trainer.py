@@ -15,11 +15,18 @@ from ssdet.checkpoint import FINAL_CHECKPOINT, SsdetCheckpointerMixin, write_sto
 from ssdet.data import check_num_classes, check_registered, get_labeled_dataset_dicts
 from ssdet.data.augment import PolicyDatasetMapper
 from ssdet.data.joint import add_classification_batches
+from ssdet.data.resumable import build_resumable_train_loader
 from ssdet.engine.accumulation import (
     AMPGradientAccumulationTrainer,
     CPUAutocastGradientAccumulationTrainer,
     GradientAccumulationTrainer,
     check_accumulation_steps,
+)
+from ssdet.engine.exact_resume import (
+    RANK_STATE_KEY,
+    add_exact_resume_hooks,
+    load_rank_state,
+    start_train_loader,
 )
 from ssdet.engine.interrupt import add_stop_on_signal
 from ssdet.engine.joint import DETECTOR_CHECKPOINT, JointTrainerMixin
@@ -147,8 +154,18 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
             self._trainer = step_class(inner.model, inner.data_loader, inner.optimizer)
 
     def build_hooks(self) -> list:
-        # Ctrl-C and SIGTERM stop after the current step, with its checkpoint.
-        return add_stop_on_signal(super().build_hooks())
+        # Ctrl-C and SIGTERM stop after the current step, with its checkpoint; each step's RNG
+        # and every process's state make a resume exact (ssdet.engine.exact_resume).
+        return add_exact_resume_hooks(add_stop_on_signal(super().build_hooks()), self.cfg)
+
+    def state_dict(self) -> dict:
+        ret = super().state_dict()
+        # Gathered by CollectRankState (or StopOnSignal) just before the checkpoint is written.
+        ret[RANK_STATE_KEY] = getattr(self, "ssdet_rank_states", None)
+        return ret
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(load_rank_state(self, state_dict))
 
     @classmethod
     def check_config(cls, cfg: CfgNode) -> None:
@@ -167,9 +184,21 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         mapper = PolicyDatasetMapper(cfg, is_train=True)
-        loader = build_detection_train_loader(
-            cfg, mapper=mapper, dataset=get_labeled_dataset_dicts(cfg)
-        )
+        dataset = get_labeled_dataset_dicts(cfg)
+        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+            # Detectron2's loader for this sampler, made resumable (ssdet.data.resumable). Its
+            # seed is SEED itself, not a draw from the RNG that SEED seeded (as TrainingSampler's
+            # is): the stream then does not depend on what ran before the loader was built.
+            loader = build_resumable_train_loader(
+                dataset,
+                mapper=mapper,
+                total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+                seed=cfg.SEED if cfg.SEED >= 0 else None,
+                aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+                num_workers=cfg.DATALOADER.NUM_WORKERS,
+            )
+        else:
+            loader = build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
         return add_classification_batches(loader, cfg)
 
     @classmethod
@@ -198,7 +227,12 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
         final weights get ``config_detectron2.yaml`` beside them, which loads them in stock
         Detectron2 (:mod:`ssdet.checkpoint.stock_config`).
         """
-        super().train()
+        # TorchScript's optimizing executor respecializes scripted functions (fvcore's focal
+        # loss, ...) after their first calls, and the specialized graphs' gradients differ in
+        # the last bits: the first steps of a resumed process would not be the uninterrupted
+        # run's (ssdet.engine.exact_resume). Unoptimized, every call runs the same graph.
+        with torch.jit.optimized_execution(False):
+            super().train()
         # A joint model's final checkpoint keeps its classification head, for resuming; the
         # detector alone is the model a Detectron2 config builds.
         name = DETECTOR_CHECKPOINT if self.cfg.SSDET.JOINT.ENABLED else FINAL_CHECKPOINT
@@ -211,8 +245,11 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
         """Detectron2's ``resume_or_load``; a run that starts fresh first gets its backbone init.
 
         ``SSDET.INIT`` is applied (and recorded in ``OUTPUT_DIR/init.json``) unless the run
-        resumes from a checkpoint in ``OUTPUT_DIR``; see :mod:`ssdet.modeling.init`.
+        resumes from a checkpoint in ``OUTPUT_DIR``; see :mod:`ssdet.modeling.init`. A resumed
+        run's loader starts at the batch of its first iteration (ssdet.engine.exact_resume).
         """
         if not (resume and self.checkpointer.has_checkpoint()):
             apply_backbone_init(self.checkpointer.model, self.cfg)
         super().resume_or_load(resume=resume)
+        # Each iteration reads GRAD_ACCUM_STEPS batches.
+        start_train_loader(self, self.cfg.SSDET.SOLVER.GRAD_ACCUM_STEPS)

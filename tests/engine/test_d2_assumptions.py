@@ -43,7 +43,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
-from fvcore.common.checkpoint import Checkpointer
+from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
 from fvcore.nn import sigmoid_focal_loss_jit
 from fvcore.transforms.transform import Transform
 from torch import nn
@@ -250,6 +250,29 @@ def test_default_trainer_has_a_simple_trainer_in_trainer(toy_cfg):
     ):
         source = inspect.getsource(DefaultTrainer.__init__)
         assert "AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer" in source
+
+
+def test_checkpoint_hooks_order_and_schedule(toy_cfg):
+    where = "ssdet/engine/exact_resume.py (add_exact_resume_hooks, CollectRankState)"
+    with assumption(
+        "DefaultTrainer.build_hooks gives every process an LRScheduler hook, before the "
+        "PeriodicCheckpointer that only the main process has",
+        where,
+    ):
+        kinds = [type(h) for h in _ToyTrainer(toy_cfg)._hooks]
+        assert kinds.index(hooks.LRScheduler) < kinds.index(hooks.PeriodicCheckpointer), kinds
+        source = inspect.getsource(DefaultTrainer.build_hooks)
+        assert "if comm.is_main_process():\n            ret.append(hooks.PeriodicCheckpointer" in (
+            source
+        )
+    with assumption(
+        "fvcore's PeriodicCheckpointer.step saves at (iteration + 1) % period == 0 and at "
+        "iteration >= max_iter - 1",
+        where,
+    ):
+        source = inspect.getsource(PeriodicCheckpointer.step)
+        assert "(iteration + 1) % self.period == 0" in source
+        assert "iteration >= self.max_iter - 1" in source
 
 
 def test_checkpointer_exists_before_build_hooks_and_the_hook_keeps_the_replacement(toy_cfg):

@@ -60,6 +60,20 @@ def self_train(output_dir, *opts, rounds=None) -> dict:
     return run_self_training(args)
 
 
+def self_train_tool(output_dir) -> subprocess.CompletedProcess:
+    """tools/self_train.py on the experiment config, in a new process; it must succeed."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "self_train.py"), "--config", EXPERIMENT]
+        + ["OUTPUT_DIR", output_dir],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -193,15 +207,7 @@ def test_final_checkpoint_loads_into_a_stock_detectron2_model(experiment):
 def test_rerun_skips_every_finished_stage(experiment):
     output_dir, record = experiment
     before = mtimes(output_dir)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "self_train.py"), "--config", EXPERIMENT]
-        + ["OUTPUT_DIR", output_dir],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = self_train_tool(output_dir)
     for stage in ROUND1:
         assert f"skipping {stage}: finished" in proc.stdout
     assert "Starting training" not in proc.stdout + proc.stderr
@@ -599,3 +605,16 @@ def test_fcos_experiment_trains_teacher_labels_and_student(tiny_world, tmp_path)
     assert "head.ctrness.weight" in checkpoint["model"]
     model = build_model(load_cfg(fcos, ["MODEL.DEVICE", "cpu"]))
     model.load_state_dict(checkpoint["model"], strict=True)
+
+
+def test_student_retrained_in_a_fresh_process_is_the_same_student(experiment, tmp_path):
+    # The experiment trained its student in the process that trained the teacher and labeled;
+    # a rerun after deleting the student folder trains it in a new process. Nothing of the
+    # first process (RNG, TorchScript's specialized graphs, loaders) may reach the student.
+    output_dir = copy_experiment(experiment, tmp_path)
+    student = os.path.join("round1", "student", "model_final.pth")
+    shutil.rmtree(os.path.join(output_dir, "round1", "student"))
+    self_train_tool(output_dir)
+    first = torch.load(os.path.join(experiment[0], student), weights_only=True)["model"]
+    again = torch.load(os.path.join(output_dir, student), weights_only=True)["model"]
+    assert [k for k in first if not torch.equal(first[k], again[k])] == []
