@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import os
 import re
+import sys
 
 import cv2
 import numpy as np
@@ -38,6 +39,8 @@ from ssdet.data.augment import (
     ScaleJitterCrop,
 )
 from ssdet.data.augment.mapper import annotation_boxes
+from ssdet.engine.defaults import load_cfg
+from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open
 
 # Text sizes as fractions of the cell height (Hershey fonts: scale 1.0 is about 22 px tall), so
@@ -82,11 +85,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
+    if args.config:
+        # ssdet's loader: plain YAML only (Detectron2's default would run Python that the file
+        # names), and a bad file or key is an InputError.
+        return load_cfg(args.config, args.opts)
     cfg = get_cfg()
     add_ssdet_config(cfg)
-    if args.config:
-        # Plain YAML only: Detectron2's default would run Python that the file names.
-        cfg.merge_from_file(args.config, allow_unsafe=False)
     cfg.merge_from_list(args.opts)
     return cfg
 
@@ -468,7 +472,14 @@ def make_grid(
 
 
 def main() -> None:
-    args = parse_args()
+    try:
+        draw(parse_args())
+    except InputError as e:
+        sys.exit(f"error: {e}")
+
+
+def draw(args: argparse.Namespace) -> None:
+    """Draw and write the grid that ``args`` asks for."""
     cfg = setup_cfg(args)
     dataset_dicts, class_names = load_dataset(args)
     image_format = cfg.INPUT.FORMAT

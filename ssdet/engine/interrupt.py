@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +40,8 @@ from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
 from ssdet.engine.exact_resume import collect_rank_state
+from ssdet.utils.errors import InputError
+from ssdet.utils.io import atomic_open
 
 __all__ = [
     "STOP_SIGNALS",
@@ -190,13 +193,31 @@ def _raise_interrupted(pid: int, output_dir: str, signum: int, frame: Any) -> No
         raise TrainingInterrupted(signum, output_dir)
 
 
-def _exit_on_interrupt(main: Callable[..., Any], *args: Any) -> Any:
+# A launched worker's exit code for bad input; its message is in a file of the error folder.
+_INPUT_ERROR_EXIT = 3
+
+
+def _exit_on_interrupt(main: Callable[..., Any], error_dir: str, *args: Any) -> Any:
     """A launched worker's ``main``: a stop ends the worker with the signal's exit code, which
-    the launching process reads (a ``BaseException`` would end it with a traceback and 1)."""
+    the launching process reads (a ``BaseException`` would end it with a traceback and 1). Bad
+    input (:class:`InputError`) ends it with ``_INPUT_ERROR_EXIT``, its message left in a file of
+    ``error_dir`` for the launching process to report as its own."""
     try:
         return main(*args)
     except TrainingInterrupted as e:
         sys.exit(e.exit_code)
+    except InputError as e:
+        with atomic_open(os.path.join(error_dir, f"{os.getpid()}.txt")) as f:
+            f.write(str(e))
+        sys.exit(_INPUT_ERROR_EXIT)
+
+
+def _worker_input_error(error_dir: str) -> InputError | None:
+    """The bad input a worker reported (the first message in ``error_dir``), if any."""
+    for name in sorted(os.listdir(error_dir)):
+        with open(os.path.join(error_dir, name)) as f:
+            return InputError(f.read())
+    return None
 
 
 @contextlib.contextmanager
@@ -244,6 +265,8 @@ def launch_interruptible(
 
     Raises:
         TrainingInterrupted: this process or its workers got SIGINT or SIGTERM.
+        InputError: a worker refused its input (its message, raised here once, not each
+            worker's traceback).
     """
     if num_machines * num_gpus_per_machine == 1:
         # In this process: SIGTERM ends it as Ctrl-C does, outside the training loop at once.
@@ -258,10 +281,10 @@ def launch_interruptible(
             signal.signal(signal.SIGTERM, previous)
         return
     received: list[int] = []
-    with _forward_to_workers(received):
+    with _forward_to_workers(received), tempfile.TemporaryDirectory() as error_dir:
         try:
             launch(
-                functools.partial(_exit_on_interrupt, main),
+                functools.partial(_exit_on_interrupt, main, error_dir),
                 num_gpus_per_machine,
                 num_machines=num_machines,
                 machine_rank=machine_rank,
@@ -269,6 +292,9 @@ def launch_interruptible(
                 args=args,
             )
         except ProcessExitedException as e:
+            error = _worker_input_error(error_dir)
+            if e.exit_code == _INPUT_ERROR_EXIT and error is not None:
+                raise error from None
             signum = _stop_signal(e.exit_code)
             if signum is None:
                 raise

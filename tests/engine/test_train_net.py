@@ -164,3 +164,16 @@ def test_two_cpu_processes_train_on_gloo(tiny_world, tmp_path):
     assert "World size: 2" in log
     metrics = json.load(open(os.path.join(out, "final_metrics.json")))
     assert metrics["results"]["mini_coco_val"]["bbox"].keys() >= {"AP"}
+
+
+def test_bad_weights_with_two_processes_is_one_error_line(tiny_world, tmp_path):
+    # Each launched worker refuses the file; the launching process reports it once, as its own.
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a checkpoint")
+    proc = train_net(
+        "--config", INSTANT, "--num-gpus", "2", "--eval-only",
+        "MODEL.WEIGHTS", str(bad), "OUTPUT_DIR", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.count(f"error: Cannot read checkpoint '{bad}'") == 1
+    assert "Traceback" not in proc.stderr

@@ -7,6 +7,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from ssdet.data.augment import AUTOAUGMENT_POLICIES, RANDAUGMENT_OPS
 
@@ -108,3 +109,21 @@ def test_visualize_augment_sizes_labels_to_the_cell():
     cell = tool.render_cell(image, np.array([[4.0, 4, 20, 20]]), [0], ["thing"], 320, 427)
     assert cell.shape == (320, 427, 3)
     assert (cell == np.array(tool.class_color(0), np.uint8)).all(axis=2).any()
+
+
+def test_hostile_or_broken_config_is_one_error_line(tmp_path, monkeypatch):
+    tool = _load_tool()
+    marker = tmp_path / "ran"
+    configs = {
+        "evil.yaml": f'!!python/object/apply:os.system ["touch {marker}"]\n',
+        "broken.yaml": "SSDET:\n  AUGMENT: [1, 2\n",
+    }
+    for name, text in configs.items():
+        (tmp_path / name).write_text(text)
+        argv = ["visualize_augment.py", "--config", str(tmp_path / name), "--dataset", "x"]
+        monkeypatch.setattr(sys, "argv", argv + ["--output", str(tmp_path / "g.png")])
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main()
+        assert str(exit_info.value).startswith("error: "), exit_info.value
+        assert name in str(exit_info.value)
+    assert not marker.exists(), "the config ran code"
