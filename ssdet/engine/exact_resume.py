@@ -15,8 +15,9 @@ alone), three things still made a run resumed at iteration k differ from the uni
 - TorchScript: its optimizing executor specializes a scripted function (fvcore's
   ``sigmoid_focal_loss_jit``, which RetinaNet uses) after its first calls, and the specialized
   graph's gradients differ from the first calls' in the last bits. A resumed process's first
-  steps then differed from the uninterrupted run's at ~1e-9, and the runs drifted apart.
-  :meth:`ssdet.engine.Trainer.train` trains under ``torch.jit.optimized_execution(False)``.
+  steps then differed from the uninterrupted run's at ~1e-9, and the runs drifted apart; so did
+  a student trained in the process that had trained its teacher. Importing
+  :mod:`ssdet.engine.trainer` turns the optimizing executor off for the process.
 
 What is guaranteed: with ``SEED`` >= 0 and the same number of processes and threads, a run
 stopped at any point (SIGKILL included) and resumed with ``--resume`` from its last checkpoint

@@ -53,6 +53,14 @@ def create_ddp_model(model, **kwargs):
 # DefaultTrainer.__init__ calls the module's function by name; this is its one CPU-aware change.
 d2_defaults.create_ddp_model = create_ddp_model
 
+# TorchScript's optimizing executor respecializes a scripted function (fvcore's focal loss) after
+# its first calls, and the specialized graph's gradients differ in the last bits: a process that
+# had already run one would not train as a new one does, and a resumed run would drift from the
+# uninterrupted one (ssdet.engine.exact_resume). A plan specialized once is reused even inside
+# torch.jit.optimized_execution(False), so the executor is off for the whole process: what that
+# context manager sets, without the restore.
+torch._C._set_graph_executor_optimize(False)
+
 
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16; AMX CPUs have it too).
@@ -227,12 +235,7 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
         final weights get ``config_detectron2.yaml`` beside them, which loads them in stock
         Detectron2 (:mod:`ssdet.checkpoint.stock_config`).
         """
-        # TorchScript's optimizing executor respecializes scripted functions (fvcore's focal
-        # loss, ...) after their first calls, and the specialized graphs' gradients differ in
-        # the last bits: the first steps of a resumed process would not be the uninterrupted
-        # run's (ssdet.engine.exact_resume). Unoptimized, every call runs the same graph.
-        with torch.jit.optimized_execution(False):
-            super().train()
+        super().train()
         # A joint model's final checkpoint keeps its classification head, for resuming; the
         # detector alone is the model a Detectron2 config builds.
         name = DETECTOR_CHECKPOINT if self.cfg.SSDET.JOINT.ENABLED else FINAL_CHECKPOINT
