@@ -12,12 +12,13 @@ alone), three things still made a run resumed at iteration k differ from the uni
   process's copy just before a checkpoint is written, and :func:`load_rank_state` gives each
   process its own back.
 - The loader's place: :func:`start_train_loader` starts it at the iteration resumed from.
-- TorchScript: its optimizing executor specializes a scripted function (fvcore's
-  ``sigmoid_focal_loss_jit``, which RetinaNet uses) after its first calls, and the specialized
-  graph's gradients differ from the first calls' in the last bits. A resumed process's first
-  steps then differed from the uninterrupted run's at ~1e-9, and the runs drifted apart; so did
-  a student trained in the process that had trained its teacher. Importing
-  :mod:`ssdet.engine.trainer` turns the optimizing executor off for the process.
+- TorchScript: its executor profiles a scripted function's first calls (fvcore's
+  ``sigmoid_focal_loss_jit``, which RetinaNet uses) and then runs a specialized graph whose
+  gradients differ from the first calls' in the last bits. A resumed process's first steps then
+  differed from the uninterrupted run's at ~4e-9 and the runs drifted apart; so did a student
+  trained in the process that had trained its teacher. Every trainer warms the focal loss up
+  when it is built (:func:`ssdet.engine.trainer.warm_up_torchscript`), so every step of every
+  process runs the specialized graph.
 
 What is guaranteed: with ``SEED`` >= 0 and the same number of processes and threads, a run
 stopped at any point (SIGKILL included) and resumed with ``--resume`` from its last checkpoint

@@ -10,6 +10,7 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from fvcore.nn import sigmoid_focal_loss_jit
 
 from ssdet.checkpoint import FINAL_CHECKPOINT, SsdetCheckpointerMixin, write_stock_config
 from ssdet.data import check_num_classes, check_registered, get_labeled_dataset_dicts
@@ -53,13 +54,21 @@ def create_ddp_model(model, **kwargs):
 # DefaultTrainer.__init__ calls the module's function by name; this is its one CPU-aware change.
 d2_defaults.create_ddp_model = create_ddp_model
 
-# TorchScript's optimizing executor respecializes a scripted function (fvcore's focal loss) after
-# its first calls, and the specialized graph's gradients differ in the last bits: a process that
-# had already run one would not train as a new one does, and a resumed run would drift from the
-# uninterrupted one (ssdet.engine.exact_resume). A plan specialized once is reused even inside
-# torch.jit.optimized_execution(False), so the executor is off for the whole process: what that
-# context manager sets, without the restore.
-torch._C._set_graph_executor_optimize(False)
+
+def warm_up_torchscript() -> None:
+    """Run fvcore's scripted focal loss until TorchScript's executor has specialized it.
+
+    The executor profiles a scripted function's first calls and then runs a specialized graph,
+    whose gradients differ from the first calls' in the last bits. A process that trains from
+    its first step would otherwise not compute as one that resumes mid-run
+    (ssdet.engine.exact_resume); warmed up, every training step runs the specialized graph.
+    """
+    for size in (7, 13, 29):
+        logits = torch.linspace(-4.0, 4.0, size * 3).reshape(size, 3).requires_grad_()
+        targets = (torch.arange(size * 3).reshape(size, 3) % 5 == 0).float()
+        for reduction in ("none", "sum"):
+            loss = sigmoid_focal_loss_jit(logits, targets, 0.25, 2.0, reduction)
+            loss.sum().backward()
 
 
 def cpu_has_native_bfloat16() -> bool:
@@ -140,6 +149,7 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
 
     def __init__(self, cfg: CfgNode):
         accumulation_steps = check_accumulation_steps(cfg.SSDET.SOLVER.GRAD_ACCUM_STEPS)
+        warm_up_torchscript()
         super().__init__(cfg)
         inner = self._trainer
         if accumulation_steps > 1:

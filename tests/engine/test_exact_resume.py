@@ -138,9 +138,3 @@ def test_two_processes_killed_with_sigkill_resume_byte_identical(tiny_world, tmp
     assert not os.path.exists(killed / "model_final.pth"), "the kill came too late to test"
     train_net(killed, "--resume")
     assert_same_weights(killed / "model_final.pth", full / "model_final.pth")
-
-
-def test_torchscript_optimizing_executor_is_off_in_the_process():
-    # Set when ssdet.engine.trainer is imported (torch's private switch, the one that
-    # torch.jit.optimized_execution sets): a specialized focal loss would change the gradients.
-    assert torch._C._get_graph_executor_optimize() is False
