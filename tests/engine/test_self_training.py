@@ -6,10 +6,13 @@ import contextlib
 import io
 import json
 import os
+import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -607,14 +610,33 @@ def test_fcos_experiment_trains_teacher_labels_and_student(tiny_world, tmp_path)
     model.load_state_dict(checkpoint["model"], strict=True)
 
 
-def test_student_retrained_in_a_fresh_process_is_the_same_student(experiment, tmp_path):
-    # The experiment trained its student in the process that trained the teacher and labeled;
-    # a rerun after deleting the student folder trains it in a new process. Nothing of the
-    # first process (RNG, TorchScript's specialized graphs, loaders) may reach the student.
+def test_student_killed_and_rerun_in_fresh_processes_is_the_same_student(experiment, tmp_path):
+    # The experiment trained its student in the process that trained the teacher and labeled.
+    # Here a new process trains it again, is killed (SIGKILL) after the student's first
+    # checkpoint, and the rerun resumes it: the same weights, byte for byte. Nothing of the first
+    # process (RNG, TorchScript's specialization, loaders) may reach the student.
     output_dir = copy_experiment(experiment, tmp_path)
-    student = os.path.join("round1", "student", "model_final.pth")
-    shutil.rmtree(os.path.join(output_dir, "round1", "student"))
+    student = os.path.join("round1", "student")
+    shutil.rmtree(os.path.join(output_dir, student))
+    command = [sys.executable, os.path.join(REPO, "tools", "self_train.py"), "--config"]
+    proc = subprocess.Popen(
+        [*command, EXPERIMENT, "OUTPUT_DIR", output_dir],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    checkpoint = os.path.join(output_dir, student, "model_0000009.pth")
+    deadline = time.time() + 600
+    while not os.path.exists(checkpoint) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.3))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(checkpoint), "the student stage never checkpointed"
+    final = os.path.join(student, "model_final.pth")
+    assert not os.path.exists(os.path.join(output_dir, final)), "the kill came too late to test"
     self_train_tool(output_dir)
-    first = torch.load(os.path.join(experiment[0], student), weights_only=True)["model"]
-    again = torch.load(os.path.join(output_dir, student), weights_only=True)["model"]
+    first = torch.load(os.path.join(experiment[0], final), weights_only=True)["model"]
+    again = torch.load(os.path.join(output_dir, final), weights_only=True)["model"]
     assert [k for k in first if not torch.equal(first[k], again[k])] == []
