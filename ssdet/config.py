@@ -177,7 +177,8 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.EXPERIMENT.CONTROL = "auto"
 
     # ---------------------------------------------------------------------------------------------
-    # Backbone initialization (ssdet/modeling/init.py, tools/convert_pretrained.py). Owned by init.
+    # Backbone initialization (ssdet/checkpoint/backbone_init.py, tools/convert_pretrained.py).
+    # Owned by init.
     # ---------------------------------------------------------------------------------------------
     # The backbone init of a run that starts training (not of --resume from a checkpoint): "RAND"
     # (Rand Init: Detectron2's random init, training from scratch), "IMAGENET" (supervised

@@ -7,8 +7,8 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
+from ssdet.checkpoint.backbone_init import check_init_config
 from ssdet.config import add_ssdet_config
-from ssdet.modeling.init import check_init_config
 
 from .conftest import REPO
 

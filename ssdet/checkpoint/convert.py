@@ -18,7 +18,8 @@ so it loads with ``torch.load(..., weights_only=True)``::
 ``res2.0.shortcut.weight``, ... -- without a classifier and without BatchNorm's
 ``num_batches_tracked`` step counters (Detectron2's BN uses a fixed momentum, so they are unused).
 Norm running statistics may be absent (a GroupNorm backbone has none); every parameter is there.
-``SSDET.INIT`` loads ``model`` into the detector's bottom-up ResNet (ssdet/modeling/init.py).
+``SSDET.INIT`` loads ``model`` into the detector's bottom-up ResNet
+(ssdet/checkpoint/backbone_init.py).
 
 Optional ``extra`` keys that the init checks against the detector's config when present:
 ``input_format`` ("BGR" or "RGB": the channel order the stem expects, to match ``INPUT.FORMAT``)

@@ -13,6 +13,7 @@ from detectron2.utils import comm
 from fvcore.nn import sigmoid_focal_loss_jit
 
 from ssdet.checkpoint import FINAL_CHECKPOINT, SsdetCheckpointerMixin, write_stock_config
+from ssdet.checkpoint.backbone_init import apply_backbone_init, check_init_config
 from ssdet.data import check_num_classes, check_registered, get_labeled_dataset_dicts
 from ssdet.data.augment import PolicyDatasetMapper
 from ssdet.data.joint import add_classification_batches
@@ -32,7 +33,6 @@ from ssdet.engine.exact_resume import (
 from ssdet.engine.interrupt import add_stop_on_signal
 from ssdet.engine.joint import DETECTOR_CHECKPOINT, JointTrainerMixin
 from ssdet.evaluation import FastCOCOEvaluator
-from ssdet.modeling.init import apply_backbone_init, check_init_config
 from ssdet.solver import build_optimizer
 
 _d2_create_ddp_model = d2_defaults.create_ddp_model
@@ -258,8 +258,9 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
         """Detectron2's ``resume_or_load``; a run that starts fresh first gets its backbone init.
 
         ``SSDET.INIT`` is applied (and recorded in ``OUTPUT_DIR/init.json``) unless the run
-        resumes from a checkpoint in ``OUTPUT_DIR``; see :mod:`ssdet.modeling.init`. A resumed
-        run's loader starts at the batch of its first iteration (ssdet.engine.exact_resume).
+        resumes from a checkpoint in ``OUTPUT_DIR``; see :mod:`ssdet.checkpoint.backbone_init`. A
+        resumed run's loader starts at the batch of its first iteration
+        (ssdet.engine.exact_resume).
         """
         if not (resume and self.checkpointer.has_checkpoint()):
             apply_backbone_init(self.checkpointer.model, self.cfg)

@@ -22,9 +22,9 @@ from ssdet.checkpoint import (
     save_backbone_checkpoint,
     torchvision_to_detectron2_key,
 )
+from ssdet.checkpoint.backbone_init import load_resnet_state_dict
 from ssdet.engine.defaults import load_cfg
 from ssdet.modeling.backbone import build_ssdet_resnet_backbone
-from ssdet.modeling.init import load_resnet_state_dict
 from ssdet.utils.errors import InputError
 
 from ..conftest import REPO, RunsCommand

@@ -557,7 +557,7 @@ def test_move_to_current_device(retinanet):
 
 
 def test_retinanet_modules_the_student_noise_edits(retinanet):
-    where = "ssdet/modeling/noise.py and ssdet/modeling/init.py"
+    where = "ssdet/modeling/noise.py and ssdet/checkpoint/backbone_init.py"
     with assumption(
         "RetinaNet's head has nn.Sequential cls_subnet / bbox_subnet read by cls_score / "
         "bbox_pred; an FPN backbone keeps its ResNet in .bottom_up; ResNet.stages lists the "

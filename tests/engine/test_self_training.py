@@ -19,6 +19,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
+from ssdet.checkpoint.backbone_init import check_init_config
 from ssdet.data.pseudo_labels import file_sha256, read_metadata
 from ssdet.engine.defaults import load_cfg
 from ssdet.engine.pseudo_labeling import ImageListing
@@ -29,7 +30,6 @@ from ssdet.engine.self_training import (
     self_training_argument_parser,
 )
 from ssdet.engine.student import SimpleStudentTrainer
-from ssdet.modeling.init import check_init_config
 from ssdet.utils.errors import InputError
 
 from ..conftest import REPO

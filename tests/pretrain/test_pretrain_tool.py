@@ -14,9 +14,9 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
 from ssdet.checkpoint import load_backbone_checkpoint
+from ssdet.checkpoint.backbone_init import init_backbone
 from ssdet.config import add_ssdet_config
 from ssdet.modeling.backbone import build_ssdet_resnet_backbone
-from ssdet.modeling.init import init_backbone
 from ssdet.utils.errors import InputError
 
 from ..conftest import REPO, tiny_imagenet_counts

@@ -12,16 +12,16 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
 from ssdet.checkpoint import file_sha256, save_backbone_checkpoint
-from ssdet.config import add_ssdet_config
-from ssdet.engine import Trainer, write_final_metrics
-from ssdet.modeling.backbone import build_ssdet_resnet_backbone
-from ssdet.modeling.init import (
+from ssdet.checkpoint.backbone_init import (
     INIT_RECORD_FILE,
     apply_backbone_init,
     check_init_config,
     init_backbone,
     load_resnet_state_dict,
 )
+from ssdet.config import add_ssdet_config
+from ssdet.engine import Trainer, write_final_metrics
+from ssdet.modeling.backbone import build_ssdet_resnet_backbone
 from ssdet.utils.errors import InputError
 
 from ..conftest import REPO
