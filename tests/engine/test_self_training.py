@@ -48,6 +48,10 @@ STAGE_OUTPUTS = (
 )
 
 
+# A tool run by a test of this module: one torch thread, as the module's in-process runs.
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One torch thread: on 2 shared cores, two OpenMP threads stall whenever one is preempted."""
@@ -64,7 +68,11 @@ def self_train(output_dir, *opts, rounds=None) -> dict:
 
 
 def self_train_tool(output_dir) -> subprocess.CompletedProcess:
-    """tools/self_train.py on the experiment config, in a new process; it must succeed."""
+    """tools/self_train.py on the experiment config, in a new process; it must succeed.
+
+    With one torch thread, as this module's own runs (``one_thread``): the same thread count is
+    what makes a run in another process compute the same weights.
+    """
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "self_train.py"), "--config", EXPERIMENT]
         + ["OUTPUT_DIR", output_dir],
@@ -72,6 +80,7 @@ def self_train_tool(output_dir) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
         cwd=REPO,
+        env=ONE_THREAD_ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -622,6 +631,7 @@ def test_student_killed_and_rerun_in_fresh_processes_is_the_same_student(experim
     proc = subprocess.Popen(
         [*command, EXPERIMENT, "OUTPUT_DIR", output_dir],
         cwd=REPO,
+        env=ONE_THREAD_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
