@@ -163,8 +163,9 @@ class ResumableTrainLoader:
     """One process's infinite train batches; batch n is the same whichever batch a run began at.
 
     Args:
-        dataset: dataset dicts (list or map-style dataset); with ``aspect_ratio_grouping`` each
-            needs ``width`` and ``height``.
+        dataset: dataset dicts (list or map-style dataset). With ``aspect_ratio_grouping``,
+            their ``width`` and ``height`` let a resume replay the buckets without reading
+            images; a dict without them (or with 0) is mapped to learn its size.
         mapper: maps a dataset dict to the model's input (it must not return None).
         batch_size: images per batch of this process.
         seed: the stream's seed, equal on every process.
