@@ -10,6 +10,7 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import log_first_n
 from fvcore.nn import sigmoid_focal_loss_jit
 
 from ssdet.checkpoint import FINAL_CHECKPOINT, SsdetCheckpointerMixin, write_stock_config
@@ -83,9 +84,6 @@ def cpu_has_native_bfloat16() -> bool:
     return probe is None or bool(probe())
 
 
-_logged_float32_fallback = False
-
-
 def amp_mode(cfg: CfgNode) -> str | None:
     """How a training step runs under ``SOLVER.AMP.ENABLED``: ``None`` (float32), ``"cpu"`` or
     ``"cuda"``.
@@ -96,19 +94,18 @@ def amp_mode(cfg: CfgNode) -> str | None:
     faster. A CPU without native bfloat16 runs float32, with a warning: there bfloat16 would be
     ~7x slower (:func:`cpu_has_native_bfloat16`), never what AMP is asked for.
     """
-    global _logged_float32_fallback
     if not cfg.SOLVER.AMP.ENABLED:
         return None
     if torch.device(cfg.MODEL.DEVICE).type != "cpu":
         return "cuda"
     if cpu_has_native_bfloat16():
         return "cpu"
-    if not _logged_float32_fallback:
-        _logged_float32_fallback = True
-        logging.getLogger(__name__).warning(
-            "SOLVER.AMP.ENABLED: this CPU has no native bfloat16 (AVX512-BF16), where bfloat16 "
-            "autocast runs ~7x slower than float32; training in float32 instead."
-        )
+    log_first_n(
+        logging.WARNING,
+        "SOLVER.AMP.ENABLED: this CPU has no native bfloat16 (AVX512-BF16), where bfloat16 "
+        "autocast runs ~7x slower than float32; training in float32 instead.",
+        key="message",
+    )
     return None
 
 
