@@ -149,7 +149,7 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.NOISE.DROPOUT = 0.0
 
     # ---------------------------------------------------------------------------------------------
-    # Self-training experiment (tools/self_train.py, ssdet/engine/self_training.py): teacher ->
+    # Self-training experiment (tools/self_train.py, ssdet/engine/experiment/): teacher ->
     # pseudo labels -> student, for one or more Noisy Student rounds. Owned by self_train.
     # ---------------------------------------------------------------------------------------------
     _C.SSDET.EXPERIMENT = CN()

@@ -10,13 +10,13 @@ KEY VALUE options apply to every stage. The students are reported beside an equa
 control, a supervised run of as many steps (SSDET.EXPERIMENT.CONTROL; the teacher when it trained
 that many). Rerunning the same command skips finished stages and continues an interrupted one.
 Results: OUTPUT_DIR/final_metrics.json; the last student's weights: OUTPUT_DIR/model_final.pth.
-See ssdet/engine/self_training.py.
+See ssdet/engine/experiment/.
 """
 
 import sys
 
+from ssdet.engine.experiment import run_self_training, self_training_argument_parser
 from ssdet.engine.interrupt import TrainingInterrupted, exit_interrupted
-from ssdet.engine.self_training import run_self_training, self_training_argument_parser
 from ssdet.utils.errors import InputError
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ssdet.ablation.grid import METHODS, Run
-from ssdet.ablation.runner import FINAL_METRICS, read_status
-from ssdet.engine.defaults import COCO_METRICS
+from ssdet.ablation.runner import read_status
+from ssdet.utils.run_dir import COCO_METRICS, FINAL_METRICS
 
 logger = logging.getLogger(__name__)
 

@@ -66,8 +66,8 @@ from detectron2.config import CfgNode
 
 from ssdet.data.augment import POLICY_NAMES
 from ssdet.engine.defaults import load_cfg
-from ssdet.engine.self_training import TEACHER
 from ssdet.utils.errors import InputError
+from ssdet.utils.run_dir import MODEL_FINAL, TEACHER_STAGE
 
 AXES = ("init", "augmentation", "fraction", "method", "seed")
 
@@ -361,7 +361,7 @@ class Grid:
             opts += [key, str(seed)]
         if spec.teacher_method and self.reuse_teacher:
             teacher = run_name(init, aug, fraction, spec.teacher_method, seed)
-            teacher_weights = os.path.join(output_dir, teacher, "model_final.pth")
+            teacher_weights = os.path.join(output_dir, teacher, MODEL_FINAL)
             opts += ["SSDET.EXPERIMENT.TEACHER_WEIGHTS", teacher_weights]
             needs.append((teacher_weights, f"the teacher, from run {teacher}"))
         for axis in AXES:
@@ -468,7 +468,7 @@ class Grid:
             if reused or "://" in teacher:  # a URL is fetched by the tool, not checked here
                 return teacher, reused
             return teacher, ((teacher, "the teacher (SSDET.EXPERIMENT.TEACHER_WEIGHTS)"),)
-        teacher = os.path.join(student.run_dir, TEACHER, "model_final.pth")
+        teacher = os.path.join(student.run_dir, TEACHER_STAGE, MODEL_FINAL)
         return teacher, ((teacher, f"the teacher, from run {student.name}"),)
 
     def _load(self, config: str, opts: Sequence[str], what: str) -> CfgNode:

@@ -27,8 +27,8 @@ from matplotlib.figure import Figure
 
 from ssdet.ablation.collect import Cell, CellStats, RunResult
 from ssdet.ablation.grid import INIT_LABELS, METHOD_LABELS, METHODS, Grid, format_fraction
-from ssdet.engine.defaults import COCO_METRICS
 from ssdet.utils.io import atomic_open
+from ssdet.utils.run_dir import COCO_METRICS
 
 # A cell without finished runs, and one whose finished runs have no value (COCO gives none, e.g.
 # Detectron2's NaN for a model without detections; written as null in final_metrics.json).

@@ -31,10 +31,10 @@ from ssdet.ablation.grid import Run
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open, atomic_write_json
 from ssdet.utils.lock import output_dir_lock
+from ssdet.utils.run_dir import FINAL_METRICS
 
 logger = logging.getLogger(__name__)
 
-FINAL_METRICS = "final_metrics.json"
 STATUS_FILE = "status.json"
 RUN_LOG = "ablate.log"
 # Lines of a failed run's log kept in status.json.

@@ -32,6 +32,7 @@ from torch import nn
 from ssdet.checkpoint.convert import file_sha256, load_backbone_checkpoint
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_write_json
+from ssdet.utils.run_dir import INIT_RECORD_FILE
 
 __all__ = [
     "INIT_NAMES",
@@ -46,7 +47,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 INIT_NAMES = ("RAND", "IMAGENET", "SIMCLR")
-INIT_RECORD_FILE = "init.json"
 # Checkpoint methods each pre-trained init accepts; "converted" weights have no known method.
 _INIT_METHODS = {"IMAGENET": ("supervised", "converted"), "SIMCLR": ("simclr", "converted")}
 

@@ -33,6 +33,7 @@ from detectron2.utils import comm
 
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open
+from ssdet.utils.run_dir import MODEL_FINAL
 
 __all__ = [
     "FINAL_CHECKPOINT",
@@ -47,7 +48,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # What Detectron2's PeriodicCheckpointer writes after the last iteration.
-FINAL_CHECKPOINT = "model_final.pth"
+FINAL_CHECKPOINT = MODEL_FINAL
 # Detectron2's periodic checkpoints, model_<iteration, 7 digits>.pth, and the final one.
 _PERIODIC_CHECKPOINT = re.compile(r"model_(\d+|final)\.pth")
 _TAG_FILE = "last_checkpoint"

@@ -12,6 +12,7 @@ from ssdet.data.datasets import unknown_dataset_hint
 from ssdet.data.subsets import split_labeled
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_write_json
+from ssdet.utils.run_dir import LABELED_SUBSET_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -80,5 +81,5 @@ def get_labeled_dataset_dicts(cfg: CfgNode) -> list[dict]:
     if not dicts:
         raise InputError(f"No training images with annotations in {cfg.DATASETS.TRAIN}")
     if comm.is_main_process() and cfg.OUTPUT_DIR:
-        atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "labeled_subset.json"), record, indent=None)
+        atomic_write_json(os.path.join(cfg.OUTPUT_DIR, LABELED_SUBSET_FILE), record, indent=None)
     return dicts

@@ -8,11 +8,11 @@ from ssdet.engine.accumulation import (
 from ssdet.engine.defaults import (
     argument_parser,
     format_ap_table,
-    run_tool,
     setup_cfg,
     write_final_metrics,
 )
-from ssdet.engine.self_training import run_self_training, train_or_evaluate
+from ssdet.engine.experiment import run_self_training
+from ssdet.engine.launch import run_tool, train_or_evaluate
 from ssdet.engine.student import (
     AMPStudentTrainer,
     CPUAutocastStudentTrainer,

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,14 +21,11 @@ from detectron2.utils.logger import setup_logger
 import ssdet
 from ssdet.config import add_ssdet_config
 from ssdet.data.datasets import register_config_datasets
-from ssdet.engine.interrupt import TrainingInterrupted, exit_interrupted, launch_interruptible
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_write_json
-from ssdet.utils.lock import output_dir_lock
+from ssdet.utils.run_dir import COCO_METRICS, FINAL_METRICS
 
 logger = logging.getLogger("ssdet")
-
-COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
@@ -177,57 +174,6 @@ def share_cpu_cores(device: str) -> None:
     torch.set_num_threads(max(1, total // comm.get_local_size()))
 
 
-def launch_url(args: argparse.Namespace) -> str:
-    """The ``--dist-url`` to launch with: a free local port for a single machine.
-
-    Detectron2's default URL is one fixed port per user, so two multi-process runs on one machine
-    (``tools/ablate.py --jobs 2 --num-gpus 2``) would collide; several machines need the given URL.
-    """
-    if args.num_machines == 1 and args.num_gpus > 1:
-        return "auto"
-    return args.dist_url
-
-
-def run_tool(
-    main: Callable[..., Any],
-    args: argparse.Namespace,
-    main_args: tuple | None = None,
-    lock_output_dir: bool = False,
-) -> None:
-    """Run ``main(*main_args)`` (default ``main(args)``) under Detectron2's ``launch``.
-
-    Bad input (:class:`InputError`) exits with its message only, no stack trace. SIGINT and
-    SIGTERM stop the run (a training loop after its current step, with its checkpoint) and exit
-    with one line and code 130 or 143 (:mod:`ssdet.engine.interrupt`).
-
-    Args:
-        main, args, main_args: the function ``launch`` runs on every rank, and its arguments.
-        lock_output_dir: hold the lock of the run's ``OUTPUT_DIR`` (from ``args.config_file`` and
-            ``args.opts``) while it runs, on the first machine: a second run on that folder
-            stops with an error naming the first one's PID (see :mod:`ssdet.utils.lock`).
-    """
-    try:
-        with contextlib.ExitStack() as stack:
-            output_dir = ""
-            if lock_output_dir and args.machine_rank == 0:
-                # Here, before launch: a worker's InputError would be a traceback.
-                output_dir = load_cfg(args.config_file, args.opts).OUTPUT_DIR or "."
-                stack.enter_context(output_dir_lock(output_dir))
-            launch_interruptible(
-                main,
-                args.num_gpus,
-                num_machines=args.num_machines,
-                machine_rank=args.machine_rank,
-                dist_url=launch_url(args),
-                args=(args,) if main_args is None else main_args,
-                output_dir=output_dir,
-            )
-    except InputError as e:
-        sys.exit(f"error: {e}")
-    except TrainingInterrupted as e:
-        exit_interrupted(e, "Run the same command with --resume to continue.")
-
-
 def format_ap_table(
     results: dict[str, dict[str, dict[str, float]]], row_label: str = "dataset"
 ) -> str:
@@ -272,7 +218,7 @@ def write_final_metrics(cfg: CfgNode, results: dict, started: float, config_file
     table = format_ap_table(results)
     if comm.is_main_process():
         atomic_write_json(
-            os.path.join(cfg.OUTPUT_DIR, "final_metrics.json"),
+            os.path.join(cfg.OUTPUT_DIR, FINAL_METRICS),
             {
                 # pycocotools reports -1 (written as NaN by Detectron2) for an empty area range;
                 # null keeps the file strict JSON.

@@ -112,7 +112,7 @@ MODULE_NAMES = [
         "ssdet/data/pseudo_labels/report.py",
     ),
     ("detectron2.evaluation.evaluator", "inference_context", "ssdet/pretrain/evaluation.py"),
-    ("detectron2.utils.collect_env", "collect_env_info", "ssdet/engine/self_training.py"),
+    ("detectron2.utils.collect_env", "collect_env_info", "ssdet/engine/experiment/run.py"),
     ("fvcore.nn", "sigmoid_focal_loss_jit", "ssdet/modeling/pseudo_targets.py"),
 ]
 

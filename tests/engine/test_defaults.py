@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ssdet.engine import format_ap_table
-from ssdet.engine.defaults import launch_url, load_cfg, share_cpu_cores
+from ssdet.engine.defaults import load_cfg, share_cpu_cores
+from ssdet.engine.launch import launch_url
 from ssdet.utils.errors import InputError
 
 

@@ -9,13 +9,13 @@ import torch
 from detectron2.modeling import build_model
 
 from ssdet.data.pseudo_labels import file_sha256
-from ssdet.engine import self_training
 from ssdet.engine.defaults import load_cfg
-from ssdet.engine.self_training import plan_experiment, run_self_training
+from ssdet.engine.experiment import plan_experiment, run_self_training
+from ssdet.engine.experiment import run as experiment_run
 from ssdet.utils.errors import InputError
 
 from ..conftest import REPO
-from ..engine.test_self_training import EXPERIMENT, self_train
+from ..engine.experiment.test_run import EXPERIMENT, self_train
 
 TEACHER_CONFIG = os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml")
 
@@ -78,14 +78,14 @@ class _AfterTeacher(Exception):
 
 
 def test_a_replaced_teacher_checkpoint_is_evaluated_again(tiny_world, tmp_path, monkeypatch):
-    run_stage = self_training._run_stage
+    run_stage = experiment_run._run_stage
 
     def teacher_only(stage, plan, launch_args):
         if stage.kind != "evaluate":
             raise _AfterTeacher
         run_stage(stage, plan, launch_args)
 
-    monkeypatch.setattr(self_training, "_run_stage", teacher_only)
+    monkeypatch.setattr(experiment_run, "_run_stage", teacher_only)
     weights = save_teacher(str(tmp_path / "teacher.pth"), seed=0)
     output_dir = tmp_path / "exp"
     teacher = output_dir / "teacher"
@@ -118,7 +118,7 @@ def test_a_stage_that_refuses_its_input_records_no_setup(tiny_world, tmp_path):
     output_dir = tmp_path / "exp"
     missing = "['MODEL.WEIGHTS', '/no/such/teacher_init.pth']"
     argv = ["--config", EXPERIMENT, "OUTPUT_DIR", str(output_dir)]
-    args = self_training.self_training_argument_parser().parse_args(
+    args = experiment_run.self_training_argument_parser().parse_args(
         [*argv, "SSDET.EXPERIMENT.TEACHER_OPTS", missing]
     )
     with pytest.raises(InputError, match="teacher_init.pth"):

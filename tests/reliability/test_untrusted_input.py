@@ -10,8 +10,8 @@ import pytest
 
 from ssdet.engine import Trainer, argument_parser, run_tool
 from ssdet.engine.defaults import load_cfg
+from ssdet.engine.experiment import run_self_training, self_training_argument_parser
 from ssdet.engine.pseudo_labeling import build_teacher, prepare_labeling
-from ssdet.engine.self_training import run_self_training, self_training_argument_parser
 from ssdet.utils.errors import InputError
 from ssdet.utils.lock import output_dir_lock
 

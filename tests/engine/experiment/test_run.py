@@ -22,17 +22,17 @@ from detectron2.modeling import build_model
 from ssdet.checkpoint.backbone_init import check_init_config
 from ssdet.data.pseudo_labels import file_sha256, read_metadata
 from ssdet.engine.defaults import load_cfg
-from ssdet.engine.pseudo_labeling import ImageListing
-from ssdet.engine.self_training import (
+from ssdet.engine.experiment import (
     format_self_training_table,
     plan_experiment,
     run_self_training,
     self_training_argument_parser,
 )
+from ssdet.engine.pseudo_labeling import ImageListing
 from ssdet.engine.student import SimpleStudentTrainer
 from ssdet.utils.errors import InputError
 
-from ..conftest import REPO
+from ...conftest import REPO
 
 EXPERIMENT = os.path.join(
     REPO, "configs", "mini", "retinanet_R18_FPN_S1_self_train_instant_test.yaml"
@@ -580,19 +580,6 @@ def test_continuation_trains_after_the_student_and_is_skipped_when_finished(expe
     assert mtimes(output_dir, ["round1/continuation/final_metrics.json"]) == finished
 
 
-def test_a_key_added_to_ssdet_after_a_stage_was_made_is_no_difference_at_its_default():
-    from ssdet.engine.self_training import _spec_differences
-
-    key = "SSDET.SOLVER.GRAD_ACCUM_STEPS"  # a key the old stage.json lacks
-    old = {"kind": "train", "config": {"SOLVER.MAX_ITER": 20}}
-    new = {"kind": "train", "config": {"SOLVER.MAX_ITER": 20, key: 1}}
-    assert _spec_differences(old, new) == []
-    assert _spec_differences(old, {**new, "config": {**new["config"], key: 2}}) == [f"{key} 1 -> 2"]
-    assert _spec_differences(old, {**new, "config": {"SOLVER.MAX_ITER": 40, key: 1}}) == [
-        "SOLVER.MAX_ITER 20 -> 40"
-    ]
-
-
 def test_fcos_experiment_trains_teacher_labels_and_student(tiny_world, tmp_path):
     """FCOS from YAML through every stage: teacher, pseudo-labeling and the one-forward student."""
     fcos = os.path.join(REPO, "configs", "mini", "fcos_self_train_instant_test.yaml")
@@ -610,8 +597,12 @@ def test_fcos_experiment_trains_teacher_labels_and_student(tiny_world, tmp_path)
         assert cfg.MODEL.META_ARCHITECTURE == "SsdetFCOS", stage
     store = read_metadata(os.path.join(output_dir, "round1", "pseudo_labels", "store"))
     assert store["counts"]["boxes"] > 0
-    for results in (record["teacher"], record["results"]):
-        assert 0 <= results["mini_coco_val"]["bbox"]["AP"] <= 100
+    assert 0 <= record["teacher"]["mini_coco_val"]["bbox"]["AP"] <= 100
+    # The student was evaluated. After its 20 steps from Rand Init an FCOS may still predict a
+    # negative side for every box (seen on an AVX512 CPU): then it has no detection and
+    # Detectron2 reports NaN (null) for every metric.
+    student_ap = record["results"]["mini_coco_val"]["bbox"]["AP"]
+    assert student_ap is None or 0 <= student_ap <= 100
     # The student's weights are an FCOS: its centerness branch is there and loads strictly.
     checkpoint = torch.load(os.path.join(output_dir, record["checkpoint"]), weights_only=True)
     assert "head.ctrness.weight" in checkpoint["model"]
