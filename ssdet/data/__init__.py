@@ -1,4 +1,5 @@
-"""ssdet's data: dataset registration, labeled subsets, image folders, the mini world.
+"""ssdet's data: dataset registration, labeled subsets, image folders, the teacher's input, the
+mini world.
 
 Importing this module registers ssdet's datasets with Detectron2 (see ``datasets.py``).
 """
@@ -11,6 +12,7 @@ from ssdet.data.datasets import (
     register_image_folder,
 )
 from ssdet.data.image_folder import ImageFolderListing
+from ssdet.data.labeling import ImageListing, build_labeling_loader
 from ssdet.data.mixed import MixedBatch, build_mixed_train_loader
 from ssdet.data.pseudo_labels import (
     PseudoLabelFilter,
@@ -22,9 +24,11 @@ from ssdet.data.subsets import split_labeled
 
 __all__ = [
     "ImageFolderListing",
+    "ImageListing",
     "MixedBatch",
     "PseudoLabelFilter",
     "PseudoLabelStore",
+    "build_labeling_loader",
     "build_mixed_train_loader",
     "load_pseudo_label_dataset",
     "register_pseudo_label_dataset",

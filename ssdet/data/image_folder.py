@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from detectron2.data import DatasetCatalog
 
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open
@@ -146,6 +147,27 @@ class ImageFolderListing(Sequence):
         """Memory held by the listing's arrays, in bytes."""
         return self._paths.nbytes + self._labels.nbytes
 
+    @property
+    def path_bytes(self) -> np.ndarray:
+        """bytes (N,): each image's UTF-8 path relative to :attr:`root` (the listing's own array,
+        not a copy: do not modify it)."""
+        return self._paths
+
     def relative_paths(self) -> list[str]:
         """Every image's path relative to ``root`` (``<class>/<file>``), in listing order."""
         return [p.decode() for p in self._paths]
+
+
+def image_source_kind(source: str) -> str | None:
+    """What a user's image source names: ``"dataset"`` (a registered Detectron2 dataset),
+    ``"folder"`` (an existing folder) or None (neither).
+
+    The one rule behind every "registered dataset or folder" input (labeling's ``--input``, the
+    experiment's ``UNLABELED_DATASET``, pre-training's datasets): a registered name wins over a
+    folder of the same name.
+    """
+    if source in DatasetCatalog:
+        return "dataset"
+    if os.path.isdir(source):
+        return "folder"
+    return None

@@ -37,11 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.utils.data as torchdata
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 from detectron2.utils import comm
@@ -50,9 +47,9 @@ from tqdm import tqdm
 
 from ssdet.checkpoint import SsdetCheckpointer, load_checkpoint_file
 from ssdet.data.build import check_num_classes, check_registered
-from ssdet.data.datasets import register_config_datasets, unknown_dataset_hint
+from ssdet.data.datasets import register_config_datasets
 from ssdet.data.ground_truth import find_ground_truth
-from ssdet.data.image_folder import IMAGE_EXTENSIONS, ImageFolderListing
+from ssdet.data.labeling import ImageListing, build_labeling_loader
 from ssdet.data.pseudo_labels import (
     LabelingProvenance,
     PseudoLabelFilter,
@@ -69,11 +66,8 @@ from ssdet.utils.io import atomic_open, atomic_write_json
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
-    "ImageListing",
-    "LabelingImages",
     "LabelingPlan",
     "ShapeBatcher",
-    "build_labeling_loader",
     "build_teacher",
     "check_output_dir",
     "label_chunks",
@@ -116,96 +110,6 @@ _RESUME_KEYS = {
 # -------------------------------------------------------------------------------------------------
 # What to label
 # -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImageListing:
-    """The images to label, in a fixed order: position i is the store's image id i.
-
-    Paths are held as one numpy array of UTF-8 bytes, not a list of Python strings, so that forked
-    DataLoader workers share it instead of copying it page by page (1.28M paths at ImageNet scale).
-
-    Attributes:
-        source: the ``--input`` it was made from (a dataset name or a folder).
-        root: absolute folder the paths are relative to.
-        paths: bytes (N,) UTF-8 path of each image, relative to ``root``.
-    """
-
-    source: str
-    root: str
-    paths: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def relative_path(self, index: int) -> str:
-        return self.paths[index].decode("utf-8")
-
-    def file_name(self, index: int) -> str:
-        """The absolute path of image ``index``."""
-        return os.path.join(self.root, self.relative_path(index))
-
-    def text(self) -> str:
-        """The contents of ``listing.txt``: one relative path per line."""
-        return "".join(p.decode("utf-8") + "\n" for p in self.paths)
-
-    def sha256(self) -> str:
-        """SHA-256 of :meth:`text`, i.e. :func:`file_sha256` of ``listing.txt``."""
-        return hashlib.sha256(self.text().encode("utf-8")).hexdigest()
-
-    @classmethod
-    def from_input(cls, source: str) -> ImageListing:
-        """List the images of a registered dataset or of a folder.
-
-        Args:
-            source: a registered Detectron2 dataset name (an image folder such as
-                ``mini_imagenet_train``, or COCO-format dicts whose annotations are ignored), or a
-                folder: ImageNet layout ``<class>/<image>`` when it has sub-folders, else the image
-                files directly in it.
-
-        Raises:
-            InputError: unknown name that is not a folder either, or no images.
-        """
-        if source in DatasetCatalog.list():
-            dataset = DatasetCatalog.get(source)
-            if isinstance(dataset, ImageFolderListing):
-                return cls._from_relative(source, dataset.root, dataset.relative_paths())
-            return cls._from_file_names(source, [d["file_name"] for d in dataset])
-        if os.path.isdir(source):
-            if any(entry.is_dir() for entry in os.scandir(source)):
-                folder = ImageFolderListing(source)
-                return cls._from_relative(source, folder.root, folder.relative_paths())
-            root = os.path.abspath(source)
-            names = sorted(
-                e.name
-                for e in os.scandir(root)
-                if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
-            )
-            if not names:
-                raise InputError(
-                    f"Folder {source!r} has no images ({', '.join(IMAGE_EXTENSIONS)}) and no "
-                    "class sub-folders."
-                )
-            return cls._from_relative(source, root, names)
-        raise InputError(
-            f"--input {source!r} is neither a folder nor a registered dataset. "
-            + unknown_dataset_hint(source)
-        )
-
-    @classmethod
-    def _from_relative(cls, source: str, root: str, paths: list[str]) -> ImageListing:
-        if not paths:
-            raise InputError(f"--input {source!r} lists no images.")
-        encoded = np.array([p.encode("utf-8") for p in paths], dtype=np.bytes_)
-        return cls(source=source, root=os.path.abspath(root), paths=encoded)
-
-    @classmethod
-    def _from_file_names(cls, source: str, file_names: list[str]) -> ImageListing:
-        if not file_names:
-            raise InputError(f"Dataset {source!r} lists no images.")
-        absolute = [os.path.abspath(f) for f in file_names]
-        root = os.path.commonpath([os.path.dirname(f) for f in absolute])
-        return cls._from_relative(source, root, [os.path.relpath(f, root) for f in absolute])
 
 
 @dataclass(frozen=True)
@@ -498,108 +402,6 @@ def prepare_labeling(
         output_dir,
     )
     return dataclasses.replace(plan, pending=pending)
-
-
-# -------------------------------------------------------------------------------------------------
-# Loading images (DataLoader workers)
-# -------------------------------------------------------------------------------------------------
-
-
-class LabelingImages(torchdata.Dataset):
-    """Decodes and resizes listing images for the teacher, as ``DefaultPredictor`` does.
-
-    ``read_image(path, INPUT.FORMAT)`` (EXIF orientation applied; CMYK, grayscale, palette and PNG
-    files named .jpg are converted), then ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``:
-    the pixels ``DefaultPredictor`` gives the model.
-
-    Item ``i``: ``{"index", "file_name" (relative), "image": uint8 (C, H, W), "height", "width"}``
-    (original size), or ``{"index", "file_name", "error": reason}`` when the file cannot be read:
-    a bad file must not kill a DataLoader worker, and thus the run.
-
-    Args:
-        listing: the images.
-        indices: int (K,) the listing indices to load, in order.
-        image_format: ``INPUT.FORMAT``.
-        min_size: ``INPUT.MIN_SIZE_TEST``.
-        max_size: ``INPUT.MAX_SIZE_TEST``.
-    """
-
-    def __init__(
-        self,
-        listing: ImageListing,
-        indices: np.ndarray,
-        image_format: str,
-        min_size: int,
-        max_size: int,
-    ):
-        self.listing = listing
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.image_format = image_format
-        self.resize = T.ResizeShortestEdge([min_size, min_size], max_size)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        index = int(self.indices[i])
-        file_name = self.listing.relative_path(index)
-        try:
-            image = read_image(self.listing.file_name(index), format=self.image_format)
-            height, width = image.shape[:2]
-            image = self.resize.get_transform(image).apply_image(image)
-        # PIL raises OSError for truncated or unknown files, but also SyntaxError, ValueError or
-        # DecompressionBombError for some corrupt ones: any of them means "skip this image".
-        except Exception as e:
-            return {"index": index, "file_name": file_name, "error": f"{type(e).__name__}: {e}"}
-        return {
-            "index": index,
-            "file_name": file_name,
-            # uint8 crosses the worker pipe at a quarter of float32's size; the model normalizes
-            # it to the same float32 values DefaultPredictor's float input gives.
-            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "height": height,
-            "width": width,
-        }
-
-
-def _pack_images(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """DataLoader collate: the batch's images become views into one uint8 tensor.
-
-    Every tensor that crosses a worker's pipe costs the main process a shared-memory file
-    descriptor handoff, ~1-2 ms on the CPU: as much as a tenth of a small teacher's time per image.
-    One tensor per batch makes that cost per batch.
-    """
-    images = [r["image"] for r in records if "image" in r]
-    if not images:
-        return records
-    flat = torch.cat([image.reshape(-1) for image in images])
-    offset = 0
-    for record in records:
-        if "image" in record:
-            size = record["image"].numel()
-            record["image"] = flat[offset : offset + size].view(record["image"].shape)
-            offset += size
-    return records
-
-
-def build_labeling_loader(
-    cfg: CfgNode, listing: ImageListing, indices: np.ndarray, batch_size: int
-) -> torchdata.DataLoader:
-    """A DataLoader of :class:`LabelingImages` with ``DATALOADER.NUM_WORKERS`` workers.
-
-    Yields lists of up to ``batch_size`` items, in listing order.
-    """
-    dataset = LabelingImages(
-        listing, indices, cfg.INPUT.FORMAT, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-    )
-    return torchdata.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        collate_fn=_pack_images,
-        pin_memory=torch.device(cfg.MODEL.DEVICE).type == "cuda",
-    )
 
 
 # -------------------------------------------------------------------------------------------------

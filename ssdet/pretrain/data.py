@@ -23,7 +23,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.data.samplers import TrainingSampler
 from torchvision.transforms import v2
 
-from ssdet.data.image_folder import ImageFolderListing
+from ssdet.data.image_folder import ImageFolderListing, image_source_kind
 from ssdet.utils.errors import InputError
 
 __all__ = [
@@ -60,9 +60,10 @@ def _registered_listing(name: str) -> ImageFolderListing:
 
 def _split_listing(dataset: str) -> ImageFolderListing:
     """A split given as a registered image-folder dataset name or a ``<class>/<image>`` folder."""
-    if dataset in DatasetCatalog:
+    kind = image_source_kind(dataset)
+    if kind == "dataset":
         return _registered_listing(dataset)
-    if os.path.isdir(dataset):
+    if kind == "folder":
         return ImageFolderListing(dataset)
     raise InputError(
         f"Validation dataset {dataset!r} is neither a registered dataset nor a folder. "
@@ -72,13 +73,14 @@ def _split_listing(dataset: str) -> ImageFolderListing:
 
 def _resolve_train_and_val(dataset: str) -> tuple[ImageFolderListing, str]:
     """The train listing of ``dataset`` and where its val split is (a name or a folder)."""
-    if dataset in DatasetCatalog:
+    kind = image_source_kind(dataset)
+    if kind == "dataset":
         if dataset.endswith("_train"):
             return _registered_listing(dataset), dataset[: -len("_train")] + "_val"
         return _registered_listing(dataset), ""
     if f"{dataset}_train" in DatasetCatalog:  # "mini_imagenet" names the pair of splits
         return _registered_listing(f"{dataset}_train"), f"{dataset}_val"
-    if os.path.isdir(dataset):
+    if kind == "folder":
         train = os.path.join(dataset, "train")
         if not os.path.isdir(train):
             raise InputError(
@@ -107,7 +109,7 @@ def load_pretrain_splits(cfg: CfgNode) -> PretrainSplits:
         )
     train, default_val = _resolve_train_and_val(dataset)
     val_dataset = cfg.SSDET.PRETRAIN.VAL_DATASET or default_val
-    if not val_dataset or not (val_dataset in DatasetCatalog or os.path.isdir(val_dataset)):
+    if not val_dataset or image_source_kind(val_dataset) is None:
         raise InputError(
             f"Pre-training dataset {dataset!r} has no val split "
             f"({val_dataset or 'no <name>_val'} not found); top-1 and the linear probe need one. "

@@ -16,11 +16,11 @@ from ssdet.data import (
     register_coco_dataset,
 )
 from ssdet.data.ground_truth import find_ground_truth
+from ssdet.data.labeling import ImageListing
 from ssdet.data.mini_world import MINI_COCO_CLASSES, MINI_IMAGENET_CLASSES
 from ssdet.data.pseudo_labels import PseudoLabelFilter
 from ssdet.data.pseudo_labels.report import build_report
 from ssdet.engine.defaults import load_cfg
-from ssdet.engine.pseudo_labeling import ImageListing
 from ssdet.utils.errors import InputError
 
 from ..conftest import REPO

@@ -18,10 +18,9 @@ from detectron2.structures import ImageList
 from PIL import Image
 
 from ssdet.config import add_ssdet_config
+from ssdet.data.labeling import ImageListing, LabelingImages
 from ssdet.data.pseudo_labels import PseudoLabelShardWriter, PseudoLabelStore, read_metadata
 from ssdet.engine.pseudo_labeling import (
-    ImageListing,
-    LabelingImages,
     ShapeBatcher,
     build_teacher,
     label_images,
@@ -128,26 +127,6 @@ def _assert_matches_predictor(store: PseudoLabelStore, i: int, expected, exact: 
     assert len(set(match.tolist())) == len(match)
     np.testing.assert_allclose(boxes[match], exp_boxes, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(scores[match], exp_scores, rtol=0, atol=1e-5)
-
-
-def test_listing_of_datasets_and_folders(tiny_world, tmp_path):
-    by_name = ImageListing.from_input("mini_imagenet_train")
-    by_folder = ImageListing.from_input(os.path.join(tiny_world, "mini_imagenet", "train"))
-    assert by_name.root == by_folder.root and by_name.paths.tolist() == by_folder.paths.tolist()
-    assert len(by_name) == 68 and by_name.relative_path(0).count("/") == 1
-    assert by_name.sha256() == by_folder.sha256()
-
-    coco = ImageListing.from_input("mini_coco_val")
-    assert len(coco) == 8 and os.path.isfile(coco.file_name(7))
-
-    for name in ("b.jpg", "a.png", "notes.txt"):
-        (tmp_path / name).write_bytes(b"")
-    flat = ImageListing.from_input(str(tmp_path))
-    assert [flat.relative_path(i) for i in range(len(flat))] == ["a.png", "b.jpg"]
-
-    for missing in ("no_such_dataset", str(tmp_path / "no_such_folder")):
-        with pytest.raises(InputError, match="neither a folder nor a registered dataset"):
-            ImageListing.from_input(missing)
 
 
 def test_shape_batcher_groups_by_padded_shape():

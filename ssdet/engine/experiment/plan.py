@@ -8,11 +8,11 @@ from enum import Enum
 from typing import Any
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
 from detectron2.utils.file_io import PathManager
 
 from ssdet.checkpoint import is_loadable_checkpoint, load_checkpoint_file
 from ssdet.data.datasets import unknown_dataset_hint
+from ssdet.data.image_folder import image_source_kind
 from ssdet.data.pseudo_labels import PseudoLabelFilter, PseudoLabelStoreError, read_metadata
 from ssdet.engine.defaults import load_cfg
 from ssdet.engine.pseudo_labeling import STORE_DIR, build_teacher
@@ -200,7 +200,7 @@ def _check_unlabeled(source: str) -> None:
             "SSDET.EXPERIMENT.UNLABELED_DATASET is empty: name the unlabeled images, a registered "
             "dataset (e.g. mini_imagenet_train, imagenet_train) or an image folder."
         )
-    if source not in DatasetCatalog.list() and not os.path.isdir(source):
+    if image_source_kind(source) is None:
         raise InputError(
             f"SSDET.EXPERIMENT.UNLABELED_DATASET {source!r} is neither a folder nor a registered "
             f"dataset. {unknown_dataset_hint(source)}"

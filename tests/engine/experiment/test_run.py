@@ -20,6 +20,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from ssdet.checkpoint.backbone_init import check_init_config
+from ssdet.data.labeling import ImageListing
 from ssdet.data.pseudo_labels import file_sha256, read_metadata
 from ssdet.engine.defaults import load_cfg
 from ssdet.engine.experiment import (
@@ -28,7 +29,6 @@ from ssdet.engine.experiment import (
     run_self_training,
     self_training_argument_parser,
 )
-from ssdet.engine.pseudo_labeling import ImageListing
 from ssdet.engine.student import SimpleStudentTrainer
 from ssdet.utils.errors import InputError
 
