@@ -17,13 +17,8 @@ reported; shapes that do not fit the ResNet are refused.
 import argparse
 import sys
 
-from ssdet.checkpoint.convert import (
-    INPUT_FORMATS,
-    METHODS,
-    SOURCE_FORMATS,
-    convert_checkpoint,
-    save_backbone_checkpoint,
-)
+from ssdet.checkpoint.convert import SOURCE_FORMATS, convert_checkpoint
+from ssdet.checkpoint.format import INPUT_FORMATS, METHODS, save_backbone_checkpoint
 from ssdet.utils.errors import InputError
 
 

@@ -1,5 +1,5 @@
-"""Checkpoints: ssdet's checkpointer (safe loading, atomic saving), its backbone format, and the
-stock-Detectron2 config written beside final weights."""
+"""Checkpoints: ssdet's checkpointer (safe loading, atomic saving), its backbone format and its
+conversion, backbone inits, and the stock-Detectron2 config written beside final weights."""
 
 from ssdet.checkpoint.checkpointer import (
     FINAL_CHECKPOINT,
@@ -11,17 +11,19 @@ from ssdet.checkpoint.checkpointer import (
     load_weights_pickle,
 )
 from ssdet.checkpoint.convert import (
+    Conversion,
+    convert_checkpoint,
+    file_sha256,
+    torchvision_to_detectron2_key,
+)
+from ssdet.checkpoint.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     METHODS,
-    Conversion,
     check_backbone_state_dict,
-    convert_checkpoint,
-    file_sha256,
     infer_arch,
     load_backbone_checkpoint,
     save_backbone_checkpoint,
-    torchvision_to_detectron2_key,
 )
 from ssdet.checkpoint.stock_config import STOCK_CONFIG, stock_config, write_stock_config
 

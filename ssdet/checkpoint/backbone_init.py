@@ -29,9 +29,9 @@ from detectron2.modeling import ResNet
 from detectron2.utils import comm
 from torch import nn
 
-from ssdet.checkpoint.convert import file_sha256, load_backbone_checkpoint
+from ssdet.checkpoint.format import load_backbone_checkpoint
 from ssdet.utils.errors import InputError
-from ssdet.utils.io import atomic_write_json
+from ssdet.utils.io import atomic_write_json, file_sha256
 from ssdet.utils.run_dir import INIT_RECORD_FILE
 
 __all__ = [

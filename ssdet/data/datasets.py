@@ -27,8 +27,8 @@ from typing import Any
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ssdet.data.builtin_meta import MINI_COCO_CLASSES
 from ssdet.data.image_folder import ImageFolderListing
-from ssdet.data.mini_world import MINI_COCO_CLASSES
 from ssdet.data.subsets import split_labeled
 from ssdet.utils.errors import InputError
 

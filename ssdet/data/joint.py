@@ -14,7 +14,7 @@ takes as its training input.
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from detectron2.data import transforms as T
 from ssdet.data.build import check_registered
 from ssdet.data.image_folder import ImageFolderListing
 from ssdet.data.resumable import build_resumable_train_loader, start_loader_at
+from ssdet.structures import ClassificationBatch, JointBatch
 from ssdet.utils.errors import InputError
 
 __all__ = [
@@ -40,33 +41,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class ClassificationBatch(NamedTuple):
-    """One process's classification images and labels.
-
-    Attributes:
-        images: (N, C, H, W) uint8 images in the detector's ``INPUT.FORMAT`` channel order, not
-            normalized (the model applies its own pixel mean and std).
-        labels: (N,) int64 class indices into the dataset's sorted class folders.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-
-class JointBatch(NamedTuple):
-    """One process's joint-training batch.
-
-    Attributes:
-        detection: the detection loader's batch, unchanged (a list of mapped dicts for
-            :class:`~ssdet.engine.Trainer`, a :class:`~ssdet.data.mixed.MixedBatch` for the
-            student).
-        classification: the classification images of the same step.
-    """
-
-    detection: Any
-    classification: ClassificationBatch
 
 
 def load_classification_dataset(cfg: CfgNode) -> ImageFolderListing:

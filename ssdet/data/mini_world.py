@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ssdet.data.builtin_meta import MINI_COCO_CLASSES, MINI_IMAGENET_CLASSES
 from ssdet.utils.io import atomic_write_json
 
 __all__ = [
@@ -55,20 +56,6 @@ __all__ = [
 # Bump whenever a change alters the generated files, so that existing worlds are regenerated.
 GENERATOR_VERSION = 3
 
-MINI_COCO_CLASSES: list[str] = [
-    "circle",
-    "square",
-    "triangle",
-    "star",
-    "cross",
-    "ring",
-    "hexagon",
-    "heart",
-    "arrow",
-    "crescent",
-]
-# Like ImageNet, the unlabeled set has classes the labeled set lacks.
-MINI_IMAGENET_CLASSES: list[str] = MINI_COCO_CLASSES + ["tee", "frame", "bolt", "clover"]
 
 JPEG_QUALITY = 90
 MARKER_FILE = "world.json"

@@ -13,7 +13,6 @@ two parts never have to be told apart by a key inside the dicts.
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
 
 import numpy as np
 from detectron2.config import CfgNode, configurable
@@ -23,6 +22,7 @@ from ssdet.data.augment import PolicyDatasetMapper
 from ssdet.data.build import get_labeled_dataset_dicts
 from ssdet.data.pseudo_labels import load_pseudo_label_dataset
 from ssdet.data.resumable import build_resumable_train_loader, start_loader_at
+from ssdet.structures import MixedBatch
 from ssdet.utils.errors import InputError
 
 __all__ = [
@@ -34,19 +34,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class MixedBatch(NamedTuple):
-    """One process's training batch, as two lists of mapped dataset dicts.
-
-    Attributes:
-        human: the human-labeled images (Detectron2's mapped dicts: "image" (C, H, W) uint8,
-            "instances", ...); empty when ``PSEUDO_RATIO`` is 1.
-        pseudo: the pseudo-labeled images, in the same format; empty when ``PSEUDO_RATIO`` is 0.
-    """
-
-    human: list[dict]
-    pseudo: list[dict]
 
 
 def split_batch_size(

@@ -21,6 +21,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch import nn
 
+from ssdet.data.joint import joint_num_classes
 from ssdet.modeling.joint import JointRetinaNet, detector_state_dict
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open
@@ -58,6 +59,8 @@ def joint_model_config(cfg: CfgNode) -> CfgNode:
     joint_cfg = cfg.clone()
     joint_cfg.defrost()
     joint_cfg.MODEL.META_ARCHITECTURE = JointRetinaNet.__name__
+    # The head's class count from the dataset when it is 0: the model knows no dataset.
+    joint_cfg.SSDET.JOINT.NUM_CLASSES = joint_num_classes(cfg)
     joint_cfg.freeze()
     return joint_cfg
 

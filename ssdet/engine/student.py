@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import ImageList
@@ -657,7 +658,15 @@ class StudentTrainer(Trainer):
                 f"{', '.join(PSEUDO_CLS_TARGETS)}"
             )
         if st.PSEUDO_RATIO > 0:
-            PseudoLabelFilter.from_config(cfg)
+            pseudo_filter = PseudoLabelFilter.from_config(cfg)
+            arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+            if pseudo_filter.ignore_score_thresh > 0 and not issubclass(arch, RetinaNet):
+                # Ignore regions are annotations of class -1; RetinaNet's anchor labeling turns
+                # them into ignored anchors, other detectors would index classes with -1.
+                raise InputError(
+                    "SSDET.PSEUDO_LABELS.IGNORE_SCORE_THRESH needs a RetinaNet detector, not "
+                    f"{cfg.MODEL.META_ARCHITECTURE}; set it to 0."
+                )
             try:
                 PolicyDatasetMapper.from_config(pseudo_augment_cfg(cfg), is_train=True)
             except InputError as e:

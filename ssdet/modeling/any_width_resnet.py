@@ -16,18 +16,27 @@ from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, build_resnet_backbone
 
-_BASIC_BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+# (block type, blocks in res2..res5) of each ResNet depth, as Detectron2's build_resnet_backbone
+# builds them (ssdet's backbone checkpoint format checks files against it too).
+BLOCKS_PER_STAGE = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
 
 
 def build_resnet_any_width_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     """Detectron2's ResNet; basic-block depths (18, 34) at any width (stage ``i`` of res2..res5
     has ``RES2_OUT_CHANNELS * 2**i`` channels)."""
     resnets = cfg.MODEL.RESNETS
-    if resnets.DEPTH not in _BASIC_BLOCKS_PER_STAGE:
+    block, blocks_per_stage = BLOCKS_PER_STAGE.get(resnets.DEPTH, ("", ()))
+    if block != "basic":
         return build_resnet_backbone(cfg, input_shape)
     stem = BasicStem(input_shape.channels, resnets.STEM_OUT_CHANNELS, norm=resnets.NORM)
     in_channels, out_channels, stages = resnets.STEM_OUT_CHANNELS, resnets.RES2_OUT_CHANNELS, []
-    for idx, num_blocks in enumerate(_BASIC_BLOCKS_PER_STAGE[resnets.DEPTH]):
+    for idx, num_blocks in enumerate(blocks_per_stage):
         stages.append(
             ResNet.make_stage(
                 BasicBlock,

@@ -30,7 +30,7 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ssdet.data.joint import ClassificationBatch, JointBatch, joint_num_classes
+from ssdet.structures import ClassificationBatch, JointBatch
 from ssdet.utils.errors import InputError
 
 __all__ = [
@@ -94,6 +94,18 @@ def joint_feature_shape(backbone: Backbone, feature: str) -> ShapeSpec:
     return shapes[feature]
 
 
+def _num_classes(cfg: CfgNode) -> int:
+    num_classes = cfg.SSDET.JOINT.NUM_CLASSES
+    if num_classes <= 0:
+        # A model knows no dataset: the trainer lists SSDET.JOINT.DATASET's classes first.
+        raise InputError(
+            f"SSDET.JOINT.NUM_CLASSES is {num_classes}: the joint model is built with the class "
+            "count itself. 0 (= the dataset's) is resolved by ssdet.engine.joint's "
+            "joint_model_config, which the trainers use; give the count to build it directly."
+        )
+    return num_classes
+
+
 @META_ARCH_REGISTRY.register()
 class JointRetinaNet(RetinaNet):
     """RetinaNet trained jointly with image classification (see the module docstring).
@@ -128,7 +140,7 @@ class JointRetinaNet(RetinaNet):
         feature = cfg.SSDET.JOINT.FEATURE
         in_channels = joint_feature_shape(ret["backbone"], feature).channels
         ret.update(
-            joint_head=JointClassificationHead(in_channels, joint_num_classes(cfg)),
+            joint_head=JointClassificationHead(in_channels, _num_classes(cfg)),
             joint_feature=feature,
             joint_loss_weight=cfg.SSDET.JOINT.LOSS_WEIGHT,
         )

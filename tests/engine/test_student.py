@@ -313,6 +313,16 @@ def test_pseudo_cls_target_errors():
         toy_trainer(pseudo_cls_target="score")
 
 
+def test_ignore_regions_need_a_retinanet(tmp_path):
+    cfg = student_cfg(OUTPUT_DIR=str(tmp_path))
+    cfg.SSDET.PSEUDO_LABELS.IGNORE_SCORE_THRESH = 0.2
+    StudentTrainer.check_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 10
+    with pytest.raises(InputError, match="needs a RetinaNet detector"):
+        StudentTrainer.check_config(cfg)
+
+
 def test_amp_step_composes_with_the_grad_scaler(monkeypatch):
     # CPU-only here: autocast("cuda") is inert on CPU tensors and the disabled scaler passes the
     # loss through; what is checked is the AMP trainer's plumbing and state.

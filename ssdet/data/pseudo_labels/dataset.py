@@ -17,8 +17,6 @@ from typing import Any
 import torch.utils.data as torchdata
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import BoxMode
 
 from ssdet.data.pseudo_labels.filter import PseudoLabelFilter, PseudoLabelSelection
@@ -190,15 +188,6 @@ def load_pseudo_label_dataset(cfg: CfgNode) -> PseudoLabelDataset:
                 "same classes, in the same order, as the student."
             )
     pseudo_filter = PseudoLabelFilter.from_config(cfg)
-    if pseudo_filter.ignore_score_thresh > 0:
-        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-        if not issubclass(arch, RetinaNet):
-            # Ignore regions are annotations of class -1; RetinaNet's anchor labeling turns them
-            # into ignored anchors, other detectors would index classes with -1.
-            raise InputError(
-                "SSDET.PSEUDO_LABELS.IGNORE_SCORE_THRESH needs a RetinaNet detector, not "
-                f"{cfg.MODEL.META_ARCHITECTURE}; set it to 0."
-            )
     selection = pseudo_filter.apply(store)
     dataset = PseudoLabelDataset(selection)
     if len(dataset) == 0:
