@@ -198,10 +198,12 @@ def add_ssdet_config(cfg: CN) -> None:
     # Joint training: detection + ImageNet classification (ssdet/modeling/joint.py). Owned by joint.
     # ---------------------------------------------------------------------------------------------
     _C.SSDET.JOINT = CN()
-    # Train the detector jointly with ImageNet classification: a classification head (global
-    # average pool + linear layer) on the backbone, fed by labeled image-folder batches alongside
-    # the detection batches (Trainer and StudentTrainer). The head is dropped from the exported
-    # detector (OUTPUT_DIR/model_final_detector.pth).
+    # Joint training is chosen by the model, MODEL.META_ARCHITECTURE "JointRetinaNet": a RetinaNet
+    # with a classification head (global average pool + linear layer) on the backbone, fed by
+    # labeled image-folder batches alongside the detection batches (Trainer and StudentTrainer).
+    # The head is dropped from the exported detector (OUTPUT_DIR/model_final_detector.pth).
+    # ENABLED is the old switch, kept one release so that an old config gets an error saying what
+    # to change: True is refused.
     _C.SSDET.JOINT.ENABLED = False
     # Registered ImageNet-layout folder dataset (<split>/<class>/<image>) of the classification
     # images and labels, e.g. "imagenet_train" or "mini_imagenet_train".

@@ -106,7 +106,7 @@ class Method:
 
 _STUDENT_SEED = "SSDET.SELF_TRAINING.SAMPLER_SEED"
 _JOINT_SEED = "SSDET.JOINT.SAMPLER_SEED"
-_JOINT = ("SSDET.JOINT.ENABLED", "True")
+_JOINT = ("MODEL.META_ARCHITECTURE", "JointRetinaNet")
 
 # The paper's four methods, and the equal-compute control of self-training (an effect of
 # self-training counts against the supervised model trained as many steps as the student).

@@ -34,7 +34,9 @@ __all__ = [
     "ClassificationMapper",
     "JointBatch",
     "JointBatchLoader",
+    "JOINT_META_ARCHITECTURE",
     "add_classification_batches",
+    "is_joint_training",
     "build_classification_train_loader",
     "joint_num_classes",
     "load_classification_dataset",
@@ -231,14 +233,33 @@ class JointBatchLoader:
             yield JointBatch(detection, next(classification))
 
 
+# The joint model's MODEL.META_ARCHITECTURE (ssdet.modeling.joint.JointRetinaNet).
+JOINT_META_ARCHITECTURE = "JointRetinaNet"
+
+
+def is_joint_training(cfg: CfgNode) -> bool:
+    """Whether a run trains jointly: its model is ``JointRetinaNet``.
+
+    Raises:
+        InputError: the old switch ``SSDET.JOINT.ENABLED True``, naming the key to set instead.
+    """
+    if cfg.SSDET.JOINT.ENABLED:
+        raise InputError(
+            "SSDET.JOINT.ENABLED is replaced by the model's name: set MODEL.META_ARCHITECTURE "
+            f"{JOINT_META_ARCHITECTURE!r} (instead of 'RetinaNet') and remove "
+            "SSDET.JOINT.ENABLED from the config."
+        )
+    return cfg.MODEL.META_ARCHITECTURE == JOINT_META_ARCHITECTURE
+
+
 def add_classification_batches(detection_loader: Iterable[Any], cfg: CfgNode) -> Iterable[Any]:
-    """The train loader of a run: with ``SSDET.JOINT.ENABLED``, each batch gets its
-    classification images (:class:`JointBatchLoader`); otherwise ``detection_loader`` itself.
+    """The train loader of a run: with joint training (:func:`is_joint_training`), each batch gets
+    its classification images (:class:`JointBatchLoader`); otherwise ``detection_loader`` itself.
 
     Args:
         detection_loader: the trainer's detection loader.
         cfg: the run's config.
     """
-    if not cfg.SSDET.JOINT.ENABLED:
+    if not is_joint_training(cfg):
         return detection_loader
     return JointBatchLoader(detection_loader, build_classification_train_loader(cfg))

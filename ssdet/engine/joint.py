@@ -1,8 +1,8 @@
 """Joint training in the trainers: the joint model, and the detector exported without its head.
 
-With ``SSDET.JOINT.ENABLED``, :class:`JointTrainerMixin` (a base of
-:class:`~ssdet.engine.Trainer`, hence of the student's trainer too) builds
-:class:`~ssdet.modeling.joint.JointRetinaNet` in place of the config's RetinaNet and adds
+With ``MODEL.META_ARCHITECTURE "JointRetinaNet"`` (:class:`~ssdet.modeling.joint.JointRetinaNet`),
+:class:`JointTrainerMixin` (a base of :class:`~ssdet.engine.Trainer`, hence of the student's
+trainer too) resolves the head's class count from the dataset when it is 0 and adds
 :class:`DetectorExport`, which writes ``OUTPUT_DIR/model_final_detector.pth`` when training
 ends. The train loaders pair each detection batch with classification images
 (:func:`~ssdet.data.joint.add_classification_batches`). The steps need nothing else: Detectron2's
@@ -21,17 +21,16 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch import nn
 
-from ssdet.data.joint import joint_num_classes
-from ssdet.modeling.joint import JointRetinaNet, detector_state_dict
-from ssdet.utils.errors import InputError
+from ssdet.data.joint import is_joint_training, joint_num_classes
+from ssdet.modeling.joint import detector_state_dict
 from ssdet.utils.io import atomic_open
 
 __all__ = [
     "DETECTOR_CHECKPOINT",
     "DetectorExport",
     "JointTrainerMixin",
-    "joint_model_config",
     "save_detector_checkpoint",
+    "with_joint_num_classes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -39,30 +38,17 @@ logger = logging.getLogger(__name__)
 # File name, in OUTPUT_DIR, of the final detector without the classification head.
 DETECTOR_CHECKPOINT = "model_final_detector.pth"
 
-# The detector joint training extends; every RetinaNet config works.
-_BASE_META_ARCHITECTURE = "RetinaNet"
 
-
-def joint_model_config(cfg: CfgNode) -> CfgNode:
-    """The config that builds the joint model: a copy naming ``JointRetinaNet`` as the meta-arch.
-
-    Raises:
-        InputError: the config's detector is not a RetinaNet.
-    """
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch != _BASE_META_ARCHITECTURE:
-        raise InputError(
-            f"SSDET.JOINT.ENABLED adds a classification head to a RetinaNet, but "
-            f"MODEL.META_ARCHITECTURE is {arch!r}. Set it to {_BASE_META_ARCHITECTURE!r}: the "
-            "joint model is chosen by SSDET.JOINT.ENABLED alone."
-        )
-    joint_cfg = cfg.clone()
-    joint_cfg.defrost()
-    joint_cfg.MODEL.META_ARCHITECTURE = JointRetinaNet.__name__
-    # The head's class count from the dataset when it is 0: the model knows no dataset.
-    joint_cfg.SSDET.JOINT.NUM_CLASSES = joint_num_classes(cfg)
-    joint_cfg.freeze()
-    return joint_cfg
+def with_joint_num_classes(cfg: CfgNode) -> CfgNode:
+    """``cfg`` with ``SSDET.JOINT.NUM_CLASSES`` resolved: a copy holding the dataset's class count
+    when it is 0 (the model knows no dataset), else ``cfg`` itself."""
+    if cfg.SSDET.JOINT.NUM_CLASSES:
+        return cfg
+    resolved = cfg.clone()
+    resolved.defrost()
+    resolved.SSDET.JOINT.NUM_CLASSES = joint_num_classes(cfg)
+    resolved.freeze()
+    return resolved
 
 
 def save_detector_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str) -> None:
@@ -104,25 +90,19 @@ class DetectorExport(HookBase):
 class JointTrainerMixin:
     """``DefaultTrainer`` mixin: the joint model and its detector export with ``SSDET.JOINT``.
 
-    Without ``SSDET.JOINT.ENABLED`` it changes nothing. Put it before ``DefaultTrainer`` in the
-    bases, so that builders of the subclass (e.g. a backbone init in ``build_model``) wrap it.
+    Unless the model is ``JointRetinaNet`` it changes nothing. Put it before ``DefaultTrainer`` in
+    the bases, so that builders of the subclass (e.g. a backbone init in ``build_model``) wrap it.
     """
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
-        if cfg.SSDET.JOINT.ENABLED:
-            cfg = joint_model_config(cfg)
-        elif cfg.MODEL.META_ARCHITECTURE == JointRetinaNet.__name__:
-            raise InputError(
-                f"MODEL.META_ARCHITECTURE {JointRetinaNet.__name__!r} without joint training: "
-                f"set it to {_BASE_META_ARCHITECTURE!r} and SSDET.JOINT.ENABLED True to train "
-                "jointly (or False not to)."
-            )
+        if is_joint_training(cfg):
+            cfg = with_joint_num_classes(cfg)
         return super().build_model(cfg)
 
     def build_hooks(self) -> list[HookBase]:
         hooks = super().build_hooks()
-        if self.cfg.SSDET.JOINT.ENABLED:
+        if is_joint_training(self.cfg):
             # The checkpointer holds the model without its DDP wrapper.
             path = os.path.join(self.cfg.OUTPUT_DIR, DETECTOR_CHECKPOINT)
             hooks.append(DetectorExport(self.checkpointer.model, path))

@@ -17,7 +17,7 @@ from ssdet.checkpoint import FINAL_CHECKPOINT, SsdetCheckpointerMixin, write_sto
 from ssdet.checkpoint.backbone_init import apply_backbone_init, check_init_config
 from ssdet.data import check_num_classes, check_registered, get_labeled_dataset_dicts
 from ssdet.data.augment import PolicyDatasetMapper
-from ssdet.data.joint import add_classification_batches
+from ssdet.data.joint import add_classification_batches, is_joint_training
 from ssdet.data.resumable import build_resumable_train_loader
 from ssdet.engine.accumulation import (
     AMPGradientAccumulationTrainer,
@@ -129,7 +129,7 @@ class CPUAutocastTrainer(SimpleTrainer):
 class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
     """``DefaultTrainer`` with ssdet's labeled subsets, Augment-S1..S4 policies and COCO AP.
 
-    With ``SSDET.JOINT.ENABLED`` it trains detection and classification jointly
+    With ``MODEL.META_ARCHITECTURE "JointRetinaNet"`` it trains detection and classification jointly
     (:class:`~ssdet.engine.joint.JointTrainerMixin`).
 
     With ``SOLVER.AMP.ENABLED`` on a CPU device, the step runs in bfloat16 autocast
@@ -245,7 +245,7 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
         super().train()
         # A joint model's final checkpoint keeps its classification head, for resuming; the
         # detector alone is the model a Detectron2 config builds.
-        name = DETECTOR_CHECKPOINT if self.cfg.SSDET.JOINT.ENABLED else FINAL_CHECKPOINT
+        name = DETECTOR_CHECKPOINT if is_joint_training(self.cfg) else FINAL_CHECKPOINT
         weights = os.path.join(self.cfg.OUTPUT_DIR, name)
         if comm.is_main_process() and os.path.isfile(weights):
             write_stock_config(self.cfg, weights)

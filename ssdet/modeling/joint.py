@@ -100,8 +100,8 @@ def _num_classes(cfg: CfgNode) -> int:
         # A model knows no dataset: the trainer lists SSDET.JOINT.DATASET's classes first.
         raise InputError(
             f"SSDET.JOINT.NUM_CLASSES is {num_classes}: the joint model is built with the class "
-            "count itself. 0 (= the dataset's) is resolved by ssdet.engine.joint's "
-            "joint_model_config, which the trainers use; give the count to build it directly."
+            "count itself. 0 (= the dataset's) is resolved by the trainers (ssdet.engine.joint."
+            "with_joint_num_classes); give the count to build it directly."
         )
     return num_classes
 

@@ -126,7 +126,7 @@ def test_command_of_each_method(make_grid, base_configs):
         assert opts["SOLVER.MAX_ITER"] == "7" and opts["SOLVER.BASE_LR"] == "0.5"
         joint = run.method in ("joint", "all_three")
         student = run.method in ("self_training", "all_three")
-        assert (opts.get("SSDET.JOINT.ENABLED") == "True") == joint
+        assert (opts.get("MODEL.META_ARCHITECTURE") == "JointRetinaNet") == joint
         assert (opts.get("SSDET.JOINT.SAMPLER_SEED") == "3") == joint
         assert (opts.get("SSDET.SELF_TRAINING.PSEUDO_AUGMENT_POLICY") == "S4") == student
         assert (opts.get("SSDET.SELF_TRAINING.SAMPLER_SEED") == "3") == student
@@ -160,7 +160,9 @@ def test_opts_are_valid_config_overrides(make_grid):
         assert cfg.SSDET.DATA.LABELED_FRACTION == 1.0
         assert cfg.SSDET.INIT == run.init.upper()
         assert (cfg.SSDET.INIT_WEIGHTS == "") is (run.init == "rand")
-        assert cfg.SSDET.JOINT.ENABLED is (run.method in ("joint", "all_three"))
+        assert (cfg.MODEL.META_ARCHITECTURE == "JointRetinaNet") is (
+            run.method in ("joint", "all_three")
+        )
         assert cfg.SSDET.AUGMENT.POLICY == "S1"
 
 

@@ -26,7 +26,7 @@ from ..conftest import tiny_imagenet_counts
 def joint_cfg(**joint):
     cfg = get_cfg()
     add_ssdet_config(cfg)
-    cfg.SSDET.JOINT.ENABLED = True
+    cfg.MODEL.META_ARCHITECTURE = "JointRetinaNet"
     cfg.SSDET.JOINT.DATASET = "mini_imagenet_train"
     cfg.SSDET.JOINT.IMS_PER_BATCH = 4
     cfg.SSDET.JOINT.IMAGE_SIZE = 24
@@ -86,7 +86,9 @@ def test_sampler_is_seeded_and_cycles_over_every_image(tiny_world):
 
 def test_joint_batches_pair_each_detection_batch():
     detection = [["d0"], ["d1"], ["d2"]]
-    assert add_classification_batches(detection, joint_cfg(ENABLED=False)) is detection
+    cfg = joint_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    assert add_classification_batches(detection, cfg) is detection
 
 
 def test_joint_batches_zip_the_two_loaders(tiny_world):

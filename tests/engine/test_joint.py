@@ -52,7 +52,7 @@ def check_exported_detector(cfg, model: JointRetinaNet) -> None:
     weights = checkpoint["model"]
     assert not any(k.startswith("joint_head") for k in weights)
     plain_cfg = cfg.clone()
-    plain_cfg.SSDET.JOINT.ENABLED = False
+    plain_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
     plain = build_model(plain_cfg)
     assert type(plain).__name__ == "RetinaNet"
     plain.load_state_dict(weights, strict=True)
@@ -154,10 +154,9 @@ def test_student_step_adds_the_classification_loss_outside_the_pseudo_weighting(
         ({"SSDET.JOINT.NUM_CLASSES": 3}, "has 14 classes.*SSDET.JOINT.NUM_CLASSES is 3"),
         ({"SSDET.JOINT.DATASET": "no_such_set"}, "Unknown dataset 'no_such_set'"),
         ({"SSDET.JOINT.DATASET": "mini_coco_val"}, "not an ImageNet-layout folder"),
-        ({"MODEL.META_ARCHITECTURE": "GeneralizedRCNN"}, "adds a classification head to a"),
         (
-            {"MODEL.META_ARCHITECTURE": "JointRetinaNet", "SSDET.JOINT.ENABLED": False},
-            "without joint training",
+            {"MODEL.META_ARCHITECTURE": "RetinaNet", "SSDET.JOINT.ENABLED": True},
+            "SSDET.JOINT.ENABLED is replaced.*MODEL.META_ARCHITECTURE 'JointRetinaNet'",
         ),
     ],
 )

@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 
 from ssdet.config import add_ssdet_config
 from ssdet.data.joint import ClassificationBatch, JointBatch
-from ssdet.engine.joint import joint_model_config
+from ssdet.engine.joint import with_joint_num_classes
 from ssdet.modeling.joint import (
     JOINT_HEAD_PREFIX,
     JointClassificationHead,
@@ -40,7 +40,7 @@ def joint_cfg(**joint):
 
 def build_joint(cfg) -> JointRetinaNet:
     torch.manual_seed(0)
-    return build_model(joint_model_config(cfg))
+    return build_model(with_joint_num_classes(cfg))
 
 
 def classification_batch(n: int = 4, size: int = 40, num_classes: int = 5) -> ClassificationBatch:
@@ -131,7 +131,7 @@ def test_exported_detector_loads_strict_and_predicts_as_the_joint_model():
         "joint_head.linear.weight",
         "joint_head.linear.bias",
     }
-    cfg.SSDET.JOINT.ENABLED = False
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
     plain = build_model(cfg).eval()
     assert type(plain).__name__ == "RetinaNet"
     plain.load_state_dict(state, strict=True)
