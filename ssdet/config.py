@@ -150,7 +150,7 @@ def add_ssdet_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------------------------------------
     # Self-training experiment (tools/self_train.py, ssdet/engine/experiment/): teacher ->
-    # pseudo labels -> student, for one or more Noisy Student rounds. Owned by self_train.
+    # pseudo labels -> student, for one or more Noisy Student rounds.
     # ---------------------------------------------------------------------------------------------
     _C.SSDET.EXPERIMENT = CN()
     # The teacher's config file (YAML). A relative path is looked up next to the experiment config
@@ -178,7 +178,6 @@ def add_ssdet_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------------------------------------
     # Backbone initialization (ssdet/checkpoint/backbone_init.py, tools/convert_pretrained.py).
-    # Owned by init.
     # ---------------------------------------------------------------------------------------------
     # The backbone init of a run that starts training (not of --resume from a checkpoint): "RAND"
     # (Rand Init: Detectron2's random init, training from scratch), "IMAGENET" (supervised
@@ -195,7 +194,7 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.INIT_WEIGHTS = ""
 
     # ---------------------------------------------------------------------------------------------
-    # Joint training: detection + ImageNet classification (ssdet/modeling/joint.py). Owned by joint.
+    # Joint training: detection + ImageNet classification (ssdet/modeling/joint.py).
     # ---------------------------------------------------------------------------------------------
     _C.SSDET.JOINT = CN()
     # Joint training is chosen by the model, MODEL.META_ARCHITECTURE "JointRetinaNet": a RetinaNet
@@ -246,7 +245,7 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.FCOS.NMS_THRESH_TEST = 0.6
 
     # ---------------------------------------------------------------------------------------------
-    # Pre-training (tools/pretrain.py). Owned by pretrain. The detector's ResNet (MODEL.RESNETS:
+    # Pre-training (tools/pretrain.py). The detector's ResNet (MODEL.RESNETS:
     # depth, widths, norm) is trained on an ImageNet-layout folder, supervised or with SimCLR, and
     # exported as a backbone checkpoint for SSDET.INIT. The optimizer and schedule are SOLVER.*.
     # ---------------------------------------------------------------------------------------------

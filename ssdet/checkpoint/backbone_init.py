@@ -191,8 +191,9 @@ def _warn_if_not_from_scratch_ready(cfg: CfgNode) -> None:
         )
     if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
         logger.warning(
-            f"SSDET.INIT RAND with MODEL.BACKBONE.FREEZE_AT {cfg.MODEL.BACKBONE.FREEZE_AT}: "
-            "the first backbone stages stay random; use FREEZE_AT 0 to train from scratch."
+            "SSDET.INIT RAND with MODEL.BACKBONE.FREEZE_AT %s: the first backbone stages stay "
+            "random; use FREEZE_AT 0 to train from scratch.",
+            cfg.MODEL.BACKBONE.FREEZE_AT,
         )
 
 
@@ -237,18 +238,23 @@ def init_backbone(model: nn.Module, cfg: CfgNode) -> dict[str, Any]:
     _check_checkpoint_fits(cfg, checkpoint, source)
     keys = load_resnet_state_dict(bottom_up_resnet(model), checkpoint["model"], source)
     logger.info(
-        f"SSDET.INIT {name}: loaded {len(keys['matched'])} backbone tensors from {path} "
-        f"(method {checkpoint['method']})."
+        "SSDET.INIT %s: loaded %s backbone tensors from %s (method %s).",
+        name,
+        len(keys["matched"]),
+        path,
+        checkpoint["method"],
     )
     if keys["missing"]:
         logger.warning(
-            f"SSDET.INIT {name}: not in the checkpoint, left at their initial values: "
-            f"{', '.join(keys['missing'])}"
+            "SSDET.INIT %s: not in the checkpoint, left at their initial values: %s",
+            name,
+            ", ".join(keys["missing"]),
         )
     if keys["unused"]:
         logger.warning(
-            f"SSDET.INIT {name}: checkpoint tensors the detector's backbone does not have "
-            f"(unused): {', '.join(keys['unused'])}"
+            "SSDET.INIT %s: checkpoint tensors the detector's backbone does not have (unused): %s",
+            name,
+            ", ".join(keys["unused"]),
         )
     record.update(
         weights=path,

@@ -30,12 +30,14 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open
 from ssdet.utils.run_dir import MODEL_FINAL
 
 __all__ = [
+    "fetch_checkpoint",
     "FINAL_CHECKPOINT",
     "SsdetCheckpointer",
     "SsdetCheckpointerMixin",
@@ -188,6 +190,28 @@ def load_checkpoint_file(path: str) -> dict[str, Any]:
     return checkpoint
 
 
+def fetch_checkpoint(path: str, what: str) -> str:
+    """A checkpoint as a local file that loads: Detectron2's ``PathManager`` fetches a URL once,
+    then the file is read once (:func:`load_checkpoint_file`), so that a missing, unreadable or
+    refused file is one error here, before any worker or training starts.
+
+    Args:
+        path: the checkpoint's path or URL.
+        what: how the error names it, e.g. ``"teacher checkpoint MODEL.WEIGHTS"``.
+
+    Returns:
+        The absolute local path.
+    """
+    try:
+        local = PathManager.get_local_path(path)
+    except Exception as e:  # any download or handler failure means: no checkpoint to read
+        raise InputError(f"Cannot fetch the {what} {path!r}: {e}") from e
+    if not os.path.isfile(local):
+        raise InputError(f"The {what} {path!r} is not found.")
+    load_checkpoint_file(local)
+    return os.path.abspath(local)
+
+
 def is_loadable_checkpoint(path: str) -> bool:
     """Whether ``path`` is a whole ``torch.save`` checkpoint with a ``"model"`` dict of tensors.
 
@@ -331,7 +355,7 @@ class SsdetCheckpointer(DetectionCheckpointer):
         # folder (the output-folder lock), so no other save is writing it.
         for stale in glob.glob(os.path.join(glob.escape(self.save_dir), f".{basename}.*.tmp")):
             os.remove(stale)
-        self.logger.info(f"Saving checkpoint to {path}")
+        self.logger.info("Saving checkpoint to %s", path)
         with atomic_open(path, "wb") as f:
             torch.save(data, f)
         self.tag_last_checkpoint(basename)

@@ -23,7 +23,6 @@ from fvcore.common.registry import Registry
 
 import ssdet.modeling.any_width_resnet as any_width
 from ssdet.modeling.fcos import FCOS_DEFAULTS, SsdetFCOS
-from ssdet.modeling.joint import JointRetinaNet
 from ssdet.utils.io import atomic_open
 
 __all__ = ["ANY_WIDTH_MODULE", "STOCK_CONFIG", "stock_config", "write_stock_config"]
@@ -97,9 +96,6 @@ def stock_config(cfg: CfgNode, weights: str) -> tuple[CfgNode, list[str]]:
     unknown = [k for k in _copy_known(stock, cfg) if k != "SSDET" and not k.startswith("SSDET.")]
     stock.MODEL.WEIGHTS = os.path.abspath(weights)
     notes = []
-    if stock.MODEL.META_ARCHITECTURE == JointRetinaNet.__name__:
-        # The exported weights are the detector's alone (its classification head is dropped).
-        stock.MODEL.META_ARCHITECTURE = "RetinaNet"
     if unknown:
         notes.append(f"Left out, not Detectron2 keys: {', '.join(unknown)}.")
     backbone = stock.MODEL.BACKBONE.NAME

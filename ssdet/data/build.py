@@ -70,7 +70,7 @@ def get_labeled_dataset_dicts(cfg: CfgNode) -> list[dict]:
         full = DatasetCatalog.get(name)
         check_num_classes(cfg, name)
         labeled, _ = split_labeled(full, fraction, seed)
-        logger.info(f"Labeled subset of {name}: {len(labeled)} of {len(full)} images")
+        logger.info("Labeled subset of %s: %s of %s images", name, len(labeled), len(full))
         record["datasets"][name] = {
             "num_images": len(full),
             "image_ids": sorted(d["image_id"] for d in labeled),

@@ -83,15 +83,18 @@ class ImageFolderListing(Sequence):
             # zip, bad CRC, missing or odd arrays) is listed again and rewritten.
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
                 logger.warning(
-                    f"Ignoring unreadable listing cache {cache_file} ({type(e).__name__}: {e}); "
-                    f"listing {self.root} again"
+                    "Ignoring unreadable listing cache %s (%s: %s); listing %s again",
+                    cache_file,
+                    type(e).__name__,
+                    e,
+                    self.root,
                 )
         paths, labels = self._list_files()
         try:
             with atomic_open(cache_file, "wb") as f:
                 np.savez(f, paths=paths, labels=labels, fingerprint=fingerprint, class_names=names)
         except OSError as e:  # a read-only home must not stop training
-            logger.warning(f"Could not cache the listing of {self.root} in {cache_dir}: {e}")
+            logger.warning("Could not cache the listing of %s in %s: %s", self.root, cache_dir, e)
         return paths, labels
 
     def _checked_cache(
@@ -119,7 +122,9 @@ class ImageFolderListing(Sequence):
             )
             paths.extend(f"{name}/{f}" for f in files)
             labels.extend([label] * len(files))
-        logger.info(f"Listed {len(paths)} images in {len(self.class_names)} classes of {self.root}")
+        logger.info(
+            "Listed %s images in %s classes of %s", len(paths), len(self.class_names), self.root
+        )
         # Fixed-width bytes: one contiguous array, no per-file Python objects, no pickle.
         # UTF-8 explicitly: numpy's own str -> bytes conversion accepts ASCII only.
         encoded = [p.encode() for p in paths]

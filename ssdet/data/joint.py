@@ -200,8 +200,9 @@ def build_classification_train_loader(
         keys=("SSDET.JOINT.IMS_PER_BATCH", "SSDET.JOINT.NUM_WORKERS"),
     )
     logger.info(
-        f"Joint classification batches: {loader.batch_size} images per process and step from "
-        f"{len(dataset)} images"
+        "Joint classification batches: %s images per process and step from %s images",
+        loader.batch_size,
+        len(dataset),
     )
     return loader
 

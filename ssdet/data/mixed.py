@@ -252,7 +252,11 @@ def build_mixed_train_loader(
             pseudo_dataset, pseudo_mapper, num_pseudo, pseudo_seed, pseudo_workers, "pseudo"
         )
     logger.info(
-        f"Mixed batches: {num_human} human-labeled + {num_pseudo} pseudo-labeled images per "
-        f"process and step; sampler seeds {human_seed} / {pseudo_seed}"
+        "Mixed batches: %s human-labeled + %s pseudo-labeled images per process and step; sampler "
+        "seeds %s / %s",
+        num_human,
+        num_pseudo,
+        human_seed,
+        pseudo_seed,
     )
     return MixedBatchLoader(human_loader, pseudo_loader, num_human, num_pseudo)

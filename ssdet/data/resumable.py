@@ -219,7 +219,7 @@ class ResumableTrainLoader:
         start, pending = self._replay(self.start_batch)
         if self.start_batch:
             logger.info(
-                f"Train loader resumed at batch {self.start_batch} (stream position {start})"
+                "Train loader resumed at batch %s (stream position %s)", self.start_batch, start
             )
         buckets = [[self.stream.map(p)[1] for p in positions] for positions in pending]
         loader = torchdata.DataLoader(

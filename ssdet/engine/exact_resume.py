@@ -41,9 +41,9 @@ from detectron2.config import CfgNode
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ssdet.data.resumable import start_loader_at
+from ssdet.utils.ddp import unwrap_model
 
 __all__ = [
     "RANK_STATE_KEY",
@@ -77,12 +77,8 @@ class SeedEachStep(HookBase):
         seed_all_rng(int(np.random.SeedSequence(words).generate_state(1)[0] >> 1))
 
 
-def _unwrap(model: Any) -> Any:
-    return model.module if isinstance(model, DistributedDataParallel | DataParallel) else model
-
-
 def _local_rank_state(trainer: Any) -> dict[str, Any]:
-    model = _unwrap(trainer.model)
+    model = unwrap_model(trainer.model)
     model_state = {
         name: value
         for name, value in vars(model).items()
@@ -124,13 +120,15 @@ def load_rank_state(trainer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
         return state_dict
     if len(states) != comm.get_world_size():
         logger.warning(
-            f"The checkpoint was written by {len(states)} processes and {comm.get_world_size()} "
-            "resume it: each starts from the first process's state, and the run is not exact."
+            "The checkpoint was written by %s processes and %s resume it: each starts from the "
+            "first process's state, and the run is not exact.",
+            len(states),
+            comm.get_world_size(),
         )
         mine = states[0]
     else:
         mine = states[comm.get_rank()]
-    model = _unwrap(trainer.model)
+    model = unwrap_model(trainer.model)
     for name, value in mine["model"].items():
         setattr(model, name, value)
     return {**state_dict, "_trainer": {**state_dict["_trainer"], **mine["trainer"]}}

@@ -29,6 +29,7 @@ __all__ = [
     "DETECTOR_CHECKPOINT",
     "DetectorExport",
     "JointTrainerMixin",
+    "detector_config",
     "save_detector_checkpoint",
     "with_joint_num_classes",
 ]
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 # File name, in OUTPUT_DIR, of the final detector without the classification head.
 DETECTOR_CHECKPOINT = "model_final_detector.pth"
+# The detector JointRetinaNet extends, and the model of its exported weights.
+_DETECTOR_META_ARCHITECTURE = "RetinaNet"
 
 
 def with_joint_num_classes(cfg: CfgNode) -> CfgNode:
@@ -49,6 +52,18 @@ def with_joint_num_classes(cfg: CfgNode) -> CfgNode:
     resolved.SSDET.JOINT.NUM_CLASSES = joint_num_classes(cfg)
     resolved.freeze()
     return resolved
+
+
+def detector_config(cfg: CfgNode) -> CfgNode:
+    """The config of a joint model's detector alone (what :func:`save_detector_checkpoint`
+    writes): ``cfg`` with ``MODEL.META_ARCHITECTURE "RetinaNet"``; other configs unchanged."""
+    if not is_joint_training(cfg):
+        return cfg
+    detector = cfg.clone()
+    detector.defrost()
+    detector.MODEL.META_ARCHITECTURE = _DETECTOR_META_ARCHITECTURE
+    detector.freeze()
+    return detector
 
 
 def save_detector_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str) -> None:
@@ -64,7 +79,7 @@ def save_detector_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str) 
     weights = {k: v.detach().cpu() for k, v in detector_state_dict(state_dict).items()}
     with atomic_open(path, "wb") as f:
         torch.save({"model": weights}, f)
-    logger.info(f"Saved the detector without the joint classification head to {path}")
+    logger.info("Saved the detector without the joint classification head to %s", path)
 
 
 class DetectorExport(HookBase):

@@ -42,10 +42,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from tqdm import tqdm
 
-from ssdet.checkpoint import SsdetCheckpointer, load_checkpoint_file
+from ssdet.checkpoint import SsdetCheckpointer, fetch_checkpoint
 from ssdet.data.build import check_num_classes, check_registered
 from ssdet.data.datasets import register_config_datasets
 from ssdet.data.ground_truth import find_ground_truth
@@ -277,16 +276,9 @@ def _local_weights(cfg: CfgNode) -> str:
             "MODEL.WEIGHTS is empty: a randomly initialized teacher would label nothing useful. "
             "Pass the teacher's checkpoint, e.g. MODEL.WEIGHTS output/teacher/model_final.pth."
         )
-    try:
-        local = PathManager.get_local_path(weights)
-    except Exception as e:  # any download or handler failure means: no weights to read
-        raise InputError(f"Cannot fetch the teacher weights MODEL.WEIGHTS={weights!r}: {e}") from e
-    if not os.path.isfile(local):
-        raise InputError(f"Teacher weights MODEL.WEIGHTS={weights!r} not found.")
     # Read once here, in the launching process, so that an unreadable or refused file is one error
     # line before any worker starts (each worker reads it again into its teacher).
-    load_checkpoint_file(local)
-    return local
+    return fetch_checkpoint(weights, "teacher weights MODEL.WEIGHTS")
 
 
 def prepare_labeling(

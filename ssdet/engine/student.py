@@ -58,7 +58,6 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import ImageList
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
-from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ssdet.data.augment import PolicyDatasetMapper
 from ssdet.data.joint import JointBatch, add_classification_batches
@@ -73,6 +72,7 @@ from ssdet.engine.accumulation import (
 from ssdet.engine.trainer import Trainer, amp_mode
 from ssdet.modeling.noise import add_student_noise, check_noise_config
 from ssdet.modeling.pseudo_targets import PSEUDO_CLS_TARGETS, score_weighted_classification
+from ssdet.utils.ddp import unwrap_model
 from ssdet.utils.errors import InputError
 
 __all__ = [
@@ -271,12 +271,6 @@ class PseudoLossWeighting:
         self.averages = None if averages is None else torch.tensor(averages, dtype=torch.float32)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    if isinstance(model, DistributedDataParallel | DataParallel):
-        return model.module
-    return model
-
-
 def _aspect_group(image: dict) -> int:
     # Detectron2's AspectRatioGroupedDataset: 0 = landscape (w > h), 1 = portrait or square.
     height, width = image["image"].shape[-2:]
@@ -344,7 +338,7 @@ class SimpleStudentTrainer(GradientAccumulationTrainer):
         )
         self.loss_weighting = loss_weighting or PseudoLossWeighting()
         self.one_forward = one_forward
-        detector = _unwrap(model)
+        detector = unwrap_model(model)
         self._dense_detector = detector if isinstance(detector, DenseDetector) else None
         if pseudo_cls_target not in PSEUDO_CLS_TARGETS:
             raise InputError(
@@ -419,15 +413,7 @@ class SimpleStudentTrainer(GradientAccumulationTrainer):
             and _one_aspect_group(both)
         ):
             with self._losses_per_part(len(batch.human)):
-                losses = self.model(both)
-            return {
-                part: {
-                    name.split("/", 1)[1]: value
-                    for name, value in losses.items()
-                    if name.startswith(f"{part}/")
-                }
-                for part in parts
-            }
+                return self.model(both)
         loss_dicts = {}
         for part, images in parts.items():
             with self._part_losses(part):
@@ -436,9 +422,9 @@ class SimpleStudentTrainer(GradientAccumulationTrainer):
 
     @contextlib.contextmanager
     def _losses_per_part(self, num_human: int) -> Iterator[None]:
-        """Within: the DenseDetector's training forward returns "human/..." and "pseudo/..."
-        losses, computed by its class's ``forward_training`` on the first ``num_human`` rows and
-        on the rest of the batch."""
+        """Within: the DenseDetector's training forward returns ``{HUMAN: losses, PSEUDO:
+        losses}``, computed by its class's ``forward_training`` on the first ``num_human`` rows
+        and on the rest of the batch (DDP passes nested outputs through)."""
         detector = self._dense_detector
         forward_training = type(detector).forward_training
 
@@ -453,7 +439,7 @@ class SimpleStudentTrainer(GradientAccumulationTrainer):
                     part_losses = forward_training(
                         detector, part_images, part_features, part_predictions, gt_instances[rows]
                     )
-                losses.update({f"{part}/{name}": value for name, value in part_losses.items()})
+                losses[part] = part_losses
             return losses
 
         # An instance attribute shadows the class's method for this forward only.

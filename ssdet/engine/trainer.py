@@ -32,7 +32,7 @@ from ssdet.engine.exact_resume import (
     start_train_loader,
 )
 from ssdet.engine.interrupt import add_stop_on_signal
-from ssdet.engine.joint import DETECTOR_CHECKPOINT, JointTrainerMixin
+from ssdet.engine.joint import DETECTOR_CHECKPOINT, JointTrainerMixin, detector_config
 from ssdet.evaluation import FastCOCOEvaluator
 from ssdet.solver import build_optimizer
 
@@ -248,7 +248,7 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
         name = DETECTOR_CHECKPOINT if is_joint_training(self.cfg) else FINAL_CHECKPOINT
         weights = os.path.join(self.cfg.OUTPUT_DIR, name)
         if comm.is_main_process() and os.path.isfile(weights):
-            write_stock_config(self.cfg, weights)
+            write_stock_config(detector_config(self.cfg), weights)
         return getattr(self, "_last_eval_results", None)
 
     def resume_or_load(self, resume: bool = True) -> None:

@@ -176,5 +176,5 @@ def add_student_noise(model: nn.Module, cfg: CfgNode) -> nn.Module:
                 f"{type(model).__name__}'s; set it to 0."
             )
         add_head_dropout(model.head, dropout)
-    logger.info(f"Student noise: drop path rate {drop_path_rate}, head dropout {dropout}")
+    logger.info("Student noise: drop path rate %s, head dropout %s", drop_path_rate, dropout)
     return model

@@ -17,7 +17,6 @@ from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
-from torch.nn.parallel import DistributedDataParallel
 
 import ssdet
 from ssdet.checkpoint import SsdetCheckpointerMixin, save_backbone_checkpoint
@@ -31,6 +30,7 @@ from ssdet.pretrain.data import (
 from ssdet.pretrain.evaluation import ClassificationEvaluator, linear_probe_top1
 from ssdet.pretrain.modeling import PretrainModel, SimCLR, SupervisedClassifier
 from ssdet.solver import build_optimizer
+from ssdet.utils.ddp import unwrap_model
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_write_json
 
@@ -121,10 +121,6 @@ def get_pretrain_method(cfg: CfgNode) -> PretrainMethod:
     return PRETRAIN_METHODS[name]
 
 
-def _unwrap(model: torch.nn.Module) -> PretrainModel:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def save_pretrained_backbone(path: str, model: PretrainModel, cfg: CfgNode) -> None:
     """Write the pre-trained ResNet in ssdet's backbone format (see ssdet/checkpoint/convert.py).
 
@@ -181,7 +177,7 @@ class PretrainTrainer(SsdetCheckpointerMixin, DefaultTrainer):
         splits = load_pretrain_splits(cfg)
         model = get_pretrain_method(cfg).model_class(cfg, num_classes=len(splits.class_names))
         model.to(torch.device(cfg.MODEL.DEVICE))
-        logger.info(f"Pre-training model:\n{model}")
+        logger.info("Pre-training model:\n%s", model)
         return model
 
     @classmethod
@@ -200,7 +196,9 @@ class PretrainTrainer(SsdetCheckpointerMixin, DefaultTrainer):
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None) -> dict:
         """The method's evaluation on the val split, e.g. ``{"top1": 87.5}`` (main process)."""
-        return get_pretrain_method(cfg).evaluate(cfg, _unwrap(model), load_pretrain_splits(cfg))
+        return get_pretrain_method(cfg).evaluate(
+            cfg, unwrap_model(model), load_pretrain_splits(cfg)
+        )
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume from ``OUTPUT_DIR``'s last checkpoint if asked; otherwise start from scratch.
@@ -208,7 +206,7 @@ class PretrainTrainer(SsdetCheckpointerMixin, DefaultTrainer):
         ``MODEL.WEIGHTS`` is not loaded: in a detector config it is the detector's own init.
         """
         if self.cfg.MODEL.WEIGHTS:
-            logger.info(f"Pre-training starts from scratch: not loading {self.cfg.MODEL.WEIGHTS}")
+            logger.info("Pre-training starts from scratch: not loading %s", self.cfg.MODEL.WEIGHTS)
         self.checkpointer.resume_or_load("", resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
@@ -228,8 +226,8 @@ class PretrainTrainer(SsdetCheckpointerMixin, DefaultTrainer):
                 results["linear_probe_top1_random_init"] = probe["linear_probe_top1"]
         if comm.is_main_process():
             path = os.path.join(self.cfg.OUTPUT_DIR, BACKBONE_FILE)
-            save_pretrained_backbone(path, _unwrap(self.model), self.cfg)
-            logger.info(f"Wrote the pre-trained backbone to {path}")
+            save_pretrained_backbone(path, unwrap_model(self.model), self.cfg)
+            logger.info("Wrote the pre-trained backbone to %s", path)
         comm.synchronize()
         return results
 

@@ -197,7 +197,10 @@ def load_pseudo_label_dataset(cfg: CfgNode) -> PseudoLabelDataset:
             "set SSDET.PSEUDO_LABELS.KEEP_EMPTY_IMAGES True to train on background-only images."
         )
     logger.info(
-        f"Pseudo-labeled images: {len(dataset)} (of {store.num_images} in {store.path}), "
-        f"{selection.num_kept_boxes} boxes"
+        "Pseudo-labeled images: %s (of %s in %s), %s boxes",
+        len(dataset),
+        store.num_images,
+        store.path,
+        selection.num_kept_boxes,
     )
     return dataset

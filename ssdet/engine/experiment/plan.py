@@ -8,9 +8,8 @@ from enum import Enum
 from typing import Any
 
 from detectron2.config import CfgNode
-from detectron2.utils.file_io import PathManager
 
-from ssdet.checkpoint import is_loadable_checkpoint, load_checkpoint_file
+from ssdet.checkpoint import fetch_checkpoint, is_loadable_checkpoint
 from ssdet.data.datasets import unknown_dataset_hint
 from ssdet.data.image_folder import image_source_kind
 from ssdet.data.pseudo_labels import PseudoLabelFilter, PseudoLabelStoreError, read_metadata
@@ -209,18 +208,9 @@ def _check_unlabeled(source: str) -> None:
 
 def _local_weights(path: str) -> str:
     """The teacher checkpoint as a local file (Detectron2's PathManager fetches a URL once)."""
-    try:
-        local = PathManager.get_local_path(path)
-    except Exception as e:  # any download or handler failure means: no checkpoint to read
-        raise InputError(
-            f"Cannot fetch the teacher checkpoint SSDET.EXPERIMENT.TEACHER_WEIGHTS {path!r}: {e}"
-        ) from e
-    if not os.path.isfile(local):
-        raise InputError(f"Teacher checkpoint SSDET.EXPERIMENT.TEACHER_WEIGHTS {path!r} not found.")
     # Read once while planning: an unreadable or refused file stops the experiment before
     # anything is written.
-    load_checkpoint_file(local)
-    return os.path.abspath(local)
+    return fetch_checkpoint(path, "teacher checkpoint SSDET.EXPERIMENT.TEACHER_WEIGHTS")
 
 
 def _filter_opts(cfg: CfgNode) -> list:

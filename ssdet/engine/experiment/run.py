@@ -26,7 +26,7 @@ from ssdet.engine.experiment.plan import (
     plan_experiment,
     read_json,
 )
-from ssdet.engine.joint import save_detector_checkpoint
+from ssdet.engine.joint import detector_config, save_detector_checkpoint
 from ssdet.engine.launch import (
     launch_main,
     launch_url,
@@ -215,7 +215,7 @@ def _finish(plan: ExperimentPlan, pseudo_counts: list[dict], wall_time: float) -
     last_student = plan.rounds[-1][1]
     final_checkpoint = os.path.join(plan.output_dir, MODEL_FINAL)
     _export_student(last_student, final_checkpoint)
-    write_stock_config(last_student.load_cfg(), final_checkpoint)
+    write_stock_config(detector_config(last_student.load_cfg()), final_checkpoint)
     stage_times = {}
     for stage in plan.stages:
         if stage.kind != StageKind.LABEL:
