@@ -1,4 +1,4 @@
-"""Tests of the mini world generator (ssdet/data/mini_world.py), on the tiny world."""
+"""Tests of the mini world generator (ssdet/data/mini_world/), on the tiny world."""
 
 import filecmp
 import json
@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-from ssdet.data import mini_world
 from ssdet.data.mini_world import (
     IMAGENET_DOMAINS,
     MINI_COCO_CLASSES,
@@ -18,6 +17,7 @@ from ssdet.data.mini_world import (
     generate_mini_world,
     images_per_class,
 )
+from ssdet.data.mini_world import imagenet as mini_imagenet
 
 
 def _files(root) -> dict[str, bytes]:
@@ -177,7 +177,7 @@ def test_mini_imagenet_ground_truth_boxes_are_the_drawn_objects(tmp_path, monkey
     # all four sides (tight boxes).
     background = np.float32(128.0)
     monkeypatch.setattr(
-        mini_world,
+        mini_imagenet,
         "_textured_background",
         lambda rng, h, w: np.full((h, w, 3), background, np.float32),
     )
