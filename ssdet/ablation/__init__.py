@@ -2,7 +2,8 @@
 fraction x method x seed, run sequentially or on a cluster, and rendered as the paper's tables."""
 
 from ssdet.ablation.collect import CellStats, RunResult, aggregate, collect_runs, read_run
-from ssdet.ablation.grid import INITS, METHODS, Grid, Method, Run, format_fraction, load_grid
+from ssdet.ablation.grid import INITS, METHODS, Grid, Method, Run, format_fraction
+from ssdet.ablation.grid_file import load_grid
 from ssdet.ablation.render import Table, build_tables, render_all
 from ssdet.ablation.runner import GridRunner, Interrupted, Summary, dry_run
 

@@ -6,7 +6,7 @@ import os
 import sys
 
 from ssdet.ablation.collect import aggregate, collect_runs
-from ssdet.ablation.grid import load_grid
+from ssdet.ablation.grid_file import load_grid
 from ssdet.ablation.render import render_all
 from ssdet.ablation.runner import GridRunner, dry_run, write_grid_copy
 from ssdet.utils.errors import InputError
