@@ -42,7 +42,8 @@ from detectron2.utils.events import EventStorage
 
 from ssdet.config import add_ssdet_config
 from ssdet.data.mixed import MixedBatch, build_mixed_train_loader
-from ssdet.engine.student import PseudoLossWeighting, SimpleStudentTrainer
+from ssdet.engine.pseudo_loss import PseudoLossWeighting
+from ssdet.engine.student import SimpleStudentTrainer
 from ssdet.utils.io import atomic_write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -13,10 +13,10 @@ from ssdet.engine.defaults import (
 )
 from ssdet.engine.experiment import run_self_training
 from ssdet.engine.launch import run_tool, train_or_evaluate
+from ssdet.engine.pseudo_loss import PseudoLossWeighting
 from ssdet.engine.student import (
     AMPStudentTrainer,
     CPUAutocastStudentTrainer,
-    PseudoLossWeighting,
     SimpleStudentTrainer,
     StudentTrainer,
 )

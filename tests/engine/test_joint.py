@@ -18,7 +18,7 @@ from ssdet.data.joint import ClassificationBatch, JointBatch
 from ssdet.data.mixed import MixedBatch
 from ssdet.engine import SimpleStudentTrainer, StudentTrainer, Trainer
 from ssdet.engine.joint import DETECTOR_CHECKPOINT
-from ssdet.engine.student import PseudoLossWeighting
+from ssdet.engine.pseudo_loss import PseudoLossWeighting
 from ssdet.modeling import DropPath, JointRetinaNet
 from ssdet.utils.errors import InputError
 
