@@ -50,10 +50,9 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from ssdet.config import add_ssdet_config
-from ssdet.data.labeling import LabelingImages
+from ssdet.data.labeling import LabelingImages, ShapeBatcher
 from ssdet.data.mini_world import generate_mini_imagenet
 from ssdet.engine.pseudo_labeling import (
-    ShapeBatcher,
     build_teacher,
     label_chunks,
     merge_and_report,

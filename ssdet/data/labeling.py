@@ -1,8 +1,10 @@
-"""The teacher's input: the images to label (:class:`ImageListing`) and their loader.
+"""The teacher's input: the images to label (:class:`ImageListing`), their loader, and their
+batches (:class:`ShapeBatcher`).
 
 The listing fixes the order (position i is the pseudo-label store's image id i); the loader
 decodes and resizes each image as Detectron2's ``DefaultPredictor`` does, in DataLoader workers,
-and turns an unreadable file into an ``error`` record instead of a dead worker.
+and turns an unreadable file into an ``error`` record instead of a dead worker; the batcher groups
+images that the model pads to the same shape, so that batched labels are exact.
 """
 
 from __future__ import annotations
@@ -19,12 +21,22 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
+from detectron2.structures import ImageList
 
 from ssdet.data.datasets import unknown_dataset_hint
 from ssdet.data.image_folder import IMAGE_EXTENSIONS, ImageFolderListing, image_source_kind
 from ssdet.utils.errors import InputError
 
-__all__ = ["ImageListing", "LabelingImages", "build_labeling_loader", "pack_images"]
+__all__ = [
+    "ImageListing",
+    "LabelingImages",
+    "ShapeBatcher",
+    "build_labeling_loader",
+    "pack_images",
+]
+
+# The ShapeBatcher holds at most this many batches' worth of decoded images.
+MAX_BUFFERED_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -217,3 +229,73 @@ def build_labeling_loader(
         collate_fn=pack_images,
         pin_memory=torch.device(cfg.MODEL.DEVICE).type == "cuda",
     )
+
+
+class ShapeBatcher:
+    """Groups images that the model pads to the same shape into batches.
+
+    Detectron2 pads a batch to its largest image (rounded up to the backbone's size divisibility),
+    ``DefaultPredictor`` pads one image alone. The padding changes the outputs well beyond float
+    rounding: GroupNorm statistics and the anchors cover the padded area. Images that pad to the
+    same shape alone get the same input tensor in a batch, so batching them is exact (the
+    remaining difference is float rounding of batched kernels, ~1e-6 relative).
+
+    The batches depend only on the order of the added images, so a chunk always gives the same
+    batches, hence the same bytes, in a fresh, a resumed or a multi-rank run.
+
+    Args:
+        batch_size: images per batch.
+        size_divisibility: the backbone's ``size_divisibility``.
+        padding_constraints: the backbone's ``padding_constraints``.
+        max_buffered: when this many images wait for their shape's batch to fill, the fullest
+            shape is flushed as a smaller batch (bounds memory: ~a dozen shapes at COCO sizes).
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        size_divisibility: int,
+        padding_constraints: dict[str, int] | None = None,
+        max_buffered: int | None = None,
+    ):
+        self.batch_size = batch_size
+        self.size_divisibility = size_divisibility
+        self.padding_constraints = padding_constraints
+        self.max_buffered = max_buffered or MAX_BUFFERED_BATCHES * batch_size
+        self._groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        self._buffered = 0
+        # Resized images come in few sizes (one per aspect ratio); from_tensors costs ~0.1 ms.
+        self._padded_shapes: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def padded_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The (H, W) the model pads a (H, W) image to when it is alone in its batch."""
+        shape = self._padded_shapes.get((height, width))
+        if shape is None:
+            # Detectron2's own rule, applied to an empty (0, H, W) tensor: nothing is allocated.
+            empty = torch.empty((0, height, width), dtype=torch.uint8)
+            padded = ImageList.from_tensors(
+                [empty], self.size_divisibility, padding_constraints=self.padding_constraints
+            )
+            shape = self._padded_shapes[(height, width)] = tuple(padded.tensor.shape[-2:])
+        return shape
+
+    def add(self, item: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        """Add an image (``item["image"]``: (C, H, W)); return the batches that became ready."""
+        key = self.padded_shape(*item["image"].shape[-2:])
+        group = self._groups.setdefault(key, [])
+        group.append(item)
+        self._buffered += 1
+        if len(group) == self.batch_size:
+            return [self._pop(key)]
+        if self._buffered >= self.max_buffered:
+            return [self._pop(max(self._groups, key=lambda k: len(self._groups[k])))]
+        return []
+
+    def flush(self) -> list[list[dict[str, Any]]]:
+        """Return every waiting image as batches, one per shape (in a deterministic order)."""
+        return [self._pop(key) for key in list(self._groups)]
+
+    def _pop(self, key: tuple[int, int]) -> list[dict[str, Any]]:
+        batch = self._groups.pop(key)
+        self._buffered -= len(batch)
+        return batch

@@ -40,7 +40,6 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
-from detectron2.structures import ImageList
 from detectron2.utils import comm
 from tqdm import tqdm
 
@@ -48,7 +47,7 @@ from ssdet.checkpoint import SsdetCheckpointer, fetch_checkpoint
 from ssdet.data.build import check_num_classes, check_registered
 from ssdet.data.datasets import register_config_datasets
 from ssdet.data.ground_truth import find_ground_truth
-from ssdet.data.labeling import ImageListing, build_labeling_loader
+from ssdet.data.labeling import ImageListing, ShapeBatcher, build_labeling_loader
 from ssdet.data.pseudo_labels import (
     LabelingProvenance,
     PseudoLabelFilter,
@@ -66,7 +65,6 @@ from ssdet.utils.io import atomic_open, atomic_write_json
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "LabelingPlan",
-    "ShapeBatcher",
     "build_teacher",
     "check_output_dir",
     "label_chunks",
@@ -83,8 +81,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 10_000
 # Teacher batch size when --batch-size is not given.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 16}
-# The ShapeBatcher holds at most this many batches' worth of decoded images.
-MAX_BUFFERED_BATCHES = 8
 
 RUN_FILE = "labeling.json"
 LISTING_FILE = "listing.txt"
@@ -399,76 +395,6 @@ def prepare_labeling(
 # -------------------------------------------------------------------------------------------------
 # Batched inference (each rank)
 # -------------------------------------------------------------------------------------------------
-
-
-class ShapeBatcher:
-    """Groups images that the model pads to the same shape into batches.
-
-    Detectron2 pads a batch to its largest image (rounded up to the backbone's size divisibility),
-    ``DefaultPredictor`` pads one image alone. The padding changes the outputs well beyond float
-    rounding: GroupNorm statistics and the anchors cover the padded area. Images that pad to the
-    same shape alone get the same input tensor in a batch, so batching them is exact (the
-    remaining difference is float rounding of batched kernels, ~1e-6 relative).
-
-    The batches depend only on the order of the added images, so a chunk always gives the same
-    batches, hence the same bytes, in a fresh, a resumed or a multi-rank run.
-
-    Args:
-        batch_size: images per batch.
-        size_divisibility: the backbone's ``size_divisibility``.
-        padding_constraints: the backbone's ``padding_constraints``.
-        max_buffered: when this many images wait for their shape's batch to fill, the fullest
-            shape is flushed as a smaller batch (bounds memory: ~a dozen shapes at COCO sizes).
-    """
-
-    def __init__(
-        self,
-        batch_size: int,
-        size_divisibility: int,
-        padding_constraints: dict[str, int] | None = None,
-        max_buffered: int | None = None,
-    ):
-        self.batch_size = batch_size
-        self.size_divisibility = size_divisibility
-        self.padding_constraints = padding_constraints
-        self.max_buffered = max_buffered or MAX_BUFFERED_BATCHES * batch_size
-        self._groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
-        self._buffered = 0
-        # Resized images come in few sizes (one per aspect ratio); from_tensors costs ~0.1 ms.
-        self._padded_shapes: dict[tuple[int, int], tuple[int, int]] = {}
-
-    def padded_shape(self, height: int, width: int) -> tuple[int, int]:
-        """The (H, W) the model pads a (H, W) image to when it is alone in its batch."""
-        shape = self._padded_shapes.get((height, width))
-        if shape is None:
-            # Detectron2's own rule, applied to an empty (0, H, W) tensor: nothing is allocated.
-            empty = torch.empty((0, height, width), dtype=torch.uint8)
-            padded = ImageList.from_tensors(
-                [empty], self.size_divisibility, padding_constraints=self.padding_constraints
-            )
-            shape = self._padded_shapes[(height, width)] = tuple(padded.tensor.shape[-2:])
-        return shape
-
-    def add(self, item: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        """Add an image (``item["image"]``: (C, H, W)); return the batches that became ready."""
-        key = self.padded_shape(*item["image"].shape[-2:])
-        group = self._groups.setdefault(key, [])
-        group.append(item)
-        self._buffered += 1
-        if len(group) == self.batch_size:
-            return [self._pop(key)]
-        if self._buffered >= self.max_buffered:
-            return [self._pop(max(self._groups, key=lambda k: len(self._groups[k])))]
-        return []
-
-    def flush(self) -> list[list[dict[str, Any]]]:
-        """Return every waiting image as batches, one per shape (in a deterministic order)."""
-        return [self._pop(key) for key in list(self._groups)]
-
-    def _pop(self, key: tuple[int, int]) -> list[dict[str, Any]]:
-        batch = self._groups.pop(key)
-        self._buffered -= len(batch)
-        return batch
 
 
 class _TeacherCheckpointer(SsdetCheckpointer):

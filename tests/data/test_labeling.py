@@ -3,9 +3,11 @@
 import os
 
 import pytest
+import torch
+from detectron2.structures import ImageList
 
 from ssdet.data.image_folder import image_source_kind
-from ssdet.data.labeling import ImageListing
+from ssdet.data.labeling import ImageListing, ShapeBatcher
 from ssdet.utils.errors import InputError
 
 
@@ -38,3 +40,24 @@ def test_a_registered_name_wins_over_a_folder_and_neither_is_none(
     monkeypatch.chdir(tmp_path)
     os.mkdir("mini_imagenet_train")
     assert image_source_kind("mini_imagenet_train") == "dataset"
+
+
+def test_shape_batcher_groups_by_padded_shape():
+    batcher = ShapeBatcher(batch_size=2, size_divisibility=32)
+    for h, w in [(64, 64), (50, 64), (65, 64), (64, 96)]:
+        padded = ImageList.from_tensors([torch.zeros(3, h, w)], 32).tensor.shape[-2:]
+        assert batcher.padded_shape(h, w) == tuple(padded)
+
+    def item(i, h, w):
+        return {"index": i, "image": torch.zeros(3, h, w, dtype=torch.uint8)}
+
+    assert batcher.add(item(0, 64, 64)) == []
+    assert batcher.add(item(1, 64, 90)) == []
+    (batch,) = batcher.add(item(2, 50, 60))  # pads to 64 x 64, as image 0 does
+    assert [r["index"] for r in batch] == [0, 2]
+    assert [[r["index"] for r in b] for b in batcher.flush()] == [[1]]
+
+    bounded = ShapeBatcher(batch_size=4, size_divisibility=32, max_buffered=3)
+    assert bounded.add(item(0, 64, 64)) == bounded.add(item(1, 96, 64)) == []
+    (batch,) = bounded.add(item(2, 64, 64))
+    assert [r["index"] for r in batch] == [0, 2]

@@ -14,14 +14,12 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor, launch
 from detectron2.modeling import build_model
-from detectron2.structures import ImageList
 from PIL import Image
 
 from ssdet.config import add_ssdet_config
-from ssdet.data.labeling import ImageListing, LabelingImages
+from ssdet.data.labeling import ImageListing, LabelingImages, ShapeBatcher
 from ssdet.data.pseudo_labels import PseudoLabelShardWriter, PseudoLabelStore, read_metadata
 from ssdet.engine.pseudo_labeling import (
-    ShapeBatcher,
     build_teacher,
     label_images,
     prepare_labeling,
@@ -127,27 +125,6 @@ def _assert_matches_predictor(store: PseudoLabelStore, i: int, expected, exact: 
     assert len(set(match.tolist())) == len(match)
     np.testing.assert_allclose(boxes[match], exp_boxes, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(scores[match], exp_scores, rtol=0, atol=1e-5)
-
-
-def test_shape_batcher_groups_by_padded_shape():
-    batcher = ShapeBatcher(batch_size=2, size_divisibility=32)
-    for h, w in [(64, 64), (50, 64), (65, 64), (64, 96)]:
-        padded = ImageList.from_tensors([torch.zeros(3, h, w)], 32).tensor.shape[-2:]
-        assert batcher.padded_shape(h, w) == tuple(padded)
-
-    def item(i, h, w):
-        return {"index": i, "image": torch.zeros(3, h, w, dtype=torch.uint8)}
-
-    assert batcher.add(item(0, 64, 64)) == []
-    assert batcher.add(item(1, 64, 90)) == []
-    (batch,) = batcher.add(item(2, 50, 60))  # pads to 64 x 64, as image 0 does
-    assert [r["index"] for r in batch] == [0, 2]
-    assert [[r["index"] for r in b] for b in batcher.flush()] == [[1]]
-
-    bounded = ShapeBatcher(batch_size=4, size_divisibility=32, max_buffered=3)
-    assert bounded.add(item(0, 64, 64)) == bounded.add(item(1, 96, 64)) == []
-    (batch,) = bounded.add(item(2, 64, 64))
-    assert [r["index"] for r in batch] == [0, 2]
 
 
 def test_batched_labels_match_default_predictor(teacher, tmp_path):

@@ -14,8 +14,9 @@ pseudo boxes. The life cycle here:
 The modules, one concern each:
 
 - ``store``: the on-disk format (documented there), provenance and metadata, the atomic store
-  builder, the readers :class:`PseudoLabelStore` and :class:`ColumnReader`, and
-  :func:`verify_store`;
+  builder, the reader :class:`PseudoLabelStore`, and :func:`verify_store`;
+- ``columns``: the column files' array helpers, their ``pread`` reader :class:`ColumnReader`,
+  and :class:`PseudoLabelStoreError`;
 - ``integrity``: the value checks every store passes when it opens and before it is published;
 - ``shards``: labeling's shard files and :func:`merge_shards`;
 - ``filter``: the student's filter and its :class:`PseudoLabelSelection`, the "no pseudo boxes"

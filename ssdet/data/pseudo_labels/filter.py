@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from detectron2.config import CfgNode
 
-from ssdet.data.pseudo_labels.store import PseudoLabelStore, offsets_from_counts
+from ssdet.data.pseudo_labels.columns import offsets_from_counts
+from ssdet.data.pseudo_labels.store import PseudoLabelStore
 from ssdet.utils.errors import InputError
 
 __all__ = [

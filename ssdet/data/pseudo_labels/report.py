@@ -22,8 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ssdet.data.ground_truth import load_ground_truth
+from ssdet.data.pseudo_labels.columns import gather_ranges, offsets_from_counts
 from ssdet.data.pseudo_labels.filter import PseudoLabelSelection, is_almost_empty
-from ssdet.data.pseudo_labels.store import gather_ranges, offsets_from_counts
 from ssdet.utils.io import atomic_open, atomic_write_json
 
 __all__ = [
