@@ -47,3 +47,30 @@ def tiny_world() -> str:
     root = os.environ["DETECTRON2_DATASETS"]
     generate_mini_world(root, tiny=True)
     return root
+
+
+# The column files of a pseudo-label store, as the format documents them
+# (ssdet/data/pseudo_labels/store.py).
+STORE_COLUMNS = (
+    "image_offsets",
+    "image_ids",
+    "heights",
+    "widths",
+    "file_name_offsets",
+    "file_name_bytes",
+    "boxes",
+    "scores",
+    "classes",
+)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on
+    2 shared cores, two OpenMP threads stall whenever one is preempted."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,32 +26,15 @@ from ssdet.engine.pseudo_labeling import (
 )
 from ssdet.utils.errors import InputError
 
-from ..conftest import REPO
+from ..conftest import REPO, STORE_COLUMNS
 
 CONFIG = os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml")
 # Test sizes at which the tiny world's 48-px images (4 aspect ratios) pad to 3 different shapes,
 # so that batches would mix padded shapes if the labeler did not group them.
 SIZE_OPTS = ["INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 96]
-STORE_COLUMNS = (
-    "image_offsets",
-    "image_ids",
-    "heights",
-    "widths",
-    "file_name_offsets",
-    "file_name_bytes",
-    "boxes",
-    "scores",
-    "classes",
-)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared cores, two OpenMP threads stall whenever one is preempted."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(weights: str, output_dir: str, *opts) -> CfgNode:

@@ -20,12 +20,7 @@ from ..engine.experiment.test_run import EXPERIMENT, self_train
 TEACHER_CONFIG = os.path.join(REPO, "configs", "mini", "retinanet_instant_test.yaml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def save_teacher(path: str, seed: int, drop: str = "") -> str:

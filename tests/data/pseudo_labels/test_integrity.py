@@ -18,6 +18,7 @@ from ssdet.data.pseudo_labels import (
 )
 from ssdet.data.pseudo_labels.integrity import find_problems
 
+from ...conftest import STORE_COLUMNS
 from .conftest import CLASSES, mapped_store_kb, write_store
 
 # 4 images x 3 boxes: store rows 0-11, image i holds rows 3i..3i+2, scores descending in each.
@@ -30,17 +31,6 @@ IMAGES = [
     )
     for i in range(4)
 ]
-COLUMNS = (
-    "image_offsets",
-    "image_ids",
-    "heights",
-    "widths",
-    "file_name_offsets",
-    "file_name_bytes",
-    "boxes",
-    "scores",
-    "classes",
-)
 
 
 def damage(store_path: str, column: str, edit) -> None:
@@ -67,8 +57,8 @@ def store(tmp_path) -> PseudoLabelStore:
 def test_a_sound_store_opens_and_verifies(store):
     assert PseudoLabelStore.open(store.path).num_boxes == 12
     checksums = store.metadata["column_sha256"]
-    assert set(checksums) == set(COLUMNS)
-    for column in COLUMNS:
+    assert set(checksums) == set(STORE_COLUMNS)
+    for column in STORE_COLUMNS:
         assert checksums[column] == file_sha256(os.path.join(store.path, column + ".npy"))
     summary = verify_store(store.path)
     assert "4 images, 12 boxes" in summary and "SHA-256 of all 9 columns match" in summary
@@ -188,7 +178,7 @@ def test_every_chunk_size_finds_the_same_problems(store):
     damage(store.path, "boxes", _set((11, 0), np.nan))
     damage(store.path, "classes", _set([0, 9], 7))
     reader = store.reader()
-    columns = {c: getattr(store, c) for c in COLUMNS}
+    columns = {c: getattr(store, c) for c in STORE_COLUMNS}
     found = {
         chunk: find_problems(columns, len(CLASSES), reader.rows, chunk_rows=chunk)
         for chunk in (1, 2, 5, 12, 1000)
