@@ -11,6 +11,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 from ssdet.data.augment.policies import build_augmentation_policy
+from ssdet.utils.errors import InputError
 
 __all__ = ["PolicyDatasetMapper", "annotation_boxes"]
 
@@ -61,7 +62,7 @@ class PolicyDatasetMapper(DatasetMapper):
         augmentations = build_augmentation_policy(cfg, is_train)
         if cfg.INPUT.CROP.ENABLED and is_train:
             if cfg.SSDET.AUGMENT.POLICY != "D2":
-                raise ValueError(
+                raise InputError(
                     f"INPUT.CROP.ENABLED adds a crop before policy {cfg.SSDET.AUGMENT.POLICY}, "
                     "which crops to SSDET.AUGMENT.OUTPUT_SIZE itself; disable INPUT.CROP."
                 )

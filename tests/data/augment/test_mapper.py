@@ -10,6 +10,7 @@ from detectron2.structures import BoxMode, Instances
 
 from ssdet.config import add_ssdet_config
 from ssdet.data.augment import PolicyDatasetMapper, build_augmentation_policy
+from ssdet.utils.errors import InputError
 
 OUTPUT_SIZE = (96, 128)
 
@@ -195,3 +196,10 @@ def test_kept_scores_follow_their_boxes_through_the_crop(tmp_path):
     # Without keep_scores, Detectron2's own transform: no scores.
     np.random.seed(0)
     assert not PolicyDatasetMapper(cfg, is_train=True)(dataset_dict)["instances"].has("gt_scores")
+
+
+def test_a_crop_before_a_cropping_policy_is_an_input_error():
+    cfg = _cfg("S1")
+    cfg.INPUT.CROP.ENABLED = True
+    with pytest.raises(InputError, match="INPUT.CROP.ENABLED adds a crop before policy S1"):
+        PolicyDatasetMapper(cfg, is_train=True)
