@@ -34,6 +34,19 @@ def build_resnet_any_width_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Res
     block, blocks_per_stage = BLOCKS_PER_STAGE.get(resnets.DEPTH, ("", ()))
     if block != "basic":
         return build_resnet_backbone(cfg, input_shape)
+    # Detectron2's own checks for basic blocks (less its 64-channel width): the keys that only
+    # bottleneck blocks implement would otherwise be ignored without a word.
+    unsupported = {
+        "DEFORM_ON_PER_STAGE": any(resnets.DEFORM_ON_PER_STAGE),
+        "RES5_DILATION": resnets.RES5_DILATION != 1,
+        "NUM_GROUPS": resnets.NUM_GROUPS != 1,
+    }
+    for key, set_ in unsupported.items():
+        if set_:
+            raise ValueError(
+                f"MODEL.RESNETS.{key} {getattr(resnets, key)!r} is not supported for "
+                f"R{resnets.DEPTH} (basic blocks), as in Detectron2's build_resnet_backbone."
+            )
     stem = BasicStem(input_shape.channels, resnets.STEM_OUT_CHANNELS, norm=resnets.NORM)
     in_channels, out_channels, stages = resnets.STEM_OUT_CHANNELS, resnets.RES2_OUT_CHANNELS, []
     for idx, num_blocks in enumerate(blocks_per_stage):

@@ -42,3 +42,14 @@ def test_retinanet_fpn_levels():
     assert list(out) == ["p3", "p4", "p5", "p6", "p7"]
     assert all(v.shape[1] == 24 for v in out.values())
     assert out["p7"].shape[-1] == 1
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("DEFORM_ON_PER_STAGE", [False, True, False, False]), ("RES5_DILATION", 2), ("NUM_GROUPS", 2)],
+)
+def test_keys_basic_blocks_lack_are_refused_as_detectron2_does(key, value):
+    cfg = resnet_cfg(18, 16)
+    setattr(cfg.MODEL.RESNETS, key, value)
+    with pytest.raises(ValueError, match=f"MODEL.RESNETS.{key} .* not supported for R18"):
+        build_ssdet_resnet_backbone(cfg, ShapeSpec(channels=3))
