@@ -32,5 +32,8 @@ cont() { # seed, folder of its 9000-step teacher
 case "$1" in
   cont0) cont 0 /tmp/fc/output/mini/retinanet_R18_FPN_S1_self_train/teacher ;;
   seed1) teacher 1; cont 1 $R/teacher9000_s1 ;;
+  # Seed 1 ran as the whole experiment: OMP_NUM_THREADS=1 tools/self_train.py --config
+  # configs/mini/retinanet_R18_FPN_S1_self_train.yaml --num-gpus 2 OUTPUT_DIR $R/st9000_s1 SEED 1
+  cont1) cont 1 $R/st9000_s1/teacher ;;
 esac
 log "queue $1 done"
