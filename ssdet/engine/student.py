@@ -470,8 +470,9 @@ class StudentTrainer(Trainer):
             )
         if st.PSEUDO_RATIO > 0:
             pseudo_filter = PseudoLabelFilter.from_config(cfg)
-            arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-            if pseudo_filter.ignore_score_thresh > 0 and not issubclass(arch, RetinaNet):
+            if pseudo_filter.ignore_score_thresh > 0 and not issubclass(
+                META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), RetinaNet
+            ):
                 # Ignore regions are annotations of class -1; RetinaNet's anchor labeling turns
                 # them into ignored anchors, other detectors would index classes with -1.
                 raise InputError(
