@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import os
 import re
-import sys
 
 import cv2
 import numpy as np
@@ -41,7 +40,7 @@ from ssdet.data.augment import (
 )
 from ssdet.data.augment.mapper import annotation_boxes
 from ssdet.engine.defaults import load_cfg
-from ssdet.utils.errors import InputError
+from ssdet.utils.errors import exit_on_input_error
 from ssdet.utils.io import atomic_open
 
 # Text sizes as fractions of the cell height (Hershey fonts: scale 1.0 is about 22 px tall), so
@@ -468,10 +467,8 @@ def make_grid(
 
 
 def main() -> None:
-    try:
+    with exit_on_input_error():
         draw(parse_args())
-    except InputError as e:
-        sys.exit(f"error: {e}")
 
 
 def draw(args: argparse.Namespace) -> None:

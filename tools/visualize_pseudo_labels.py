@@ -13,13 +13,12 @@ config's SSDET.PSEUDO_LABELS.STORE. See ssdet/data/pseudo_labels/visualize.py.
 """
 
 import argparse
-import sys
 
 import ssdet  # noqa: F401  (registers ssdet's datasets, whose ground truth is looked up)
 from ssdet.data.pseudo_labels import PseudoLabelFilter
 from ssdet.data.pseudo_labels.visualize import visualize_pseudo_labels
 from ssdet.engine.defaults import load_cfg
-from ssdet.utils.errors import InputError
+from ssdet.utils.errors import InputError, exit_on_input_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +62,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with exit_on_input_error():
         main(parse_args())
-    except InputError as e:
-        sys.exit(f"error: {e}")

@@ -25,7 +25,6 @@ to float rounding), because a batch only holds images that the model pads to the
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -58,7 +57,7 @@ from ssdet.data.pseudo_labels import (
     merge_shards,
 )
 from ssdet.data.pseudo_labels.report import build_report, write_report
-from ssdet.engine.defaults import argument_parser, share_cpu_cores
+from ssdet.engine.defaults import share_cpu_cores
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open, atomic_write_json
 
@@ -69,7 +68,6 @@ __all__ = [
     "check_output_dir",
     "label_chunks",
     "label_images",
-    "labeling_argument_parser",
     "merge_and_report",
     "prepare_labeling",
 ]
@@ -159,44 +157,6 @@ class LabelingPlan:
 # -------------------------------------------------------------------------------------------------
 # Preparing a run (launching process)
 # -------------------------------------------------------------------------------------------------
-
-
-def labeling_argument_parser() -> argparse.ArgumentParser:
-    """ssdet's tool arguments (:func:`argument_parser`) plus those of ``tools/pseudo_label.py``."""
-    parser = argument_parser(
-        epilog="The teacher's weights are MODEL.WEIGHTS (config or trailing KEY VALUE options). "
-        "--resume continues an interrupted run in --output: only chunks without a shard are "
-        "labeled. --verify STORE labels nothing: it checks a store's values and checksums."
-    )
-    # Not required=True: --verify needs neither (tools/pseudo_label.py checks them).
-    parser.add_argument(
-        "--input",
-        help="registered dataset name (e.g. mini_imagenet_train, imagenet_train) or image folder "
-        "(<class>/<image> or flat); required to label",
-    )
-    parser.add_argument("--output", help="output directory of shards and store; required to label")
-    parser.add_argument(
-        "--verify",
-        metavar="STORE",
-        help="check the store STORE (its values, and every column against the SHA-256 recorded "
-        "when it was built), print a summary and exit",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per forward pass and rank (default: 8 on the CPU, 16 on a GPU)",
-    )
-    parser.add_argument(
-        "--chunk-size",
-        type=int,
-        default=DEFAULT_CHUNK_SIZE,
-        help="images per shard file: the unit of work distribution and of --resume",
-    )
-    parser.add_argument(
-        "--no-amp", action="store_true", help="float32 inference on a GPU (default: autocast)"
-    )
-    return parser
 
 
 def _has_shards(output_dir: str) -> bool:
