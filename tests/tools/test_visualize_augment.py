@@ -11,7 +11,7 @@ import pytest
 
 from ssdet.data.augment import AUTOAUGMENT_POLICIES, RANDAUGMENT_OPS
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from ..conftest import REPO
 
 
 def _load_tool():
