@@ -94,7 +94,7 @@ _RESUME_KEYS = {
     "chunk_size": "--chunk-size",
     "batch_size": "--batch-size",
     "amp": "AMP (--no-amp)",
-    "score_floor": "SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR",
+    "score_floor": "SSDET.LABELING.SCORE_FLOOR",
     "teacher_weights_sha256": "the teacher weights",
     "teacher_model_sha256": "the teacher config (MODEL or INPUT keys)",
 }
@@ -184,11 +184,11 @@ def check_output_dir(output_dir: str, resume: bool) -> None:
 def _teacher_cfg(cfg: CfgNode) -> CfgNode:
     """The config the teacher runs with: its test score thresholds lowered to the labeling floor.
 
-    The store must hold every box down to ``LABELING_SCORE_FLOOR`` (the student's thresholds act
-    above it). Detectors drop boxes below their test threshold, and any threshold up to the floor
-    yields the same boxes above the floor, so the floor itself is used.
+    The store must hold every box down to ``SSDET.LABELING.SCORE_FLOOR`` (the student's thresholds
+    act above it). Detectors drop boxes below their test threshold, and any threshold up to the
+    floor yields the same boxes above the floor, so the floor itself is used.
     """
-    floor = cfg.SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR
+    floor = cfg.SSDET.LABELING.SCORE_FLOOR
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = floor
@@ -291,7 +291,7 @@ def prepare_labeling(
         "chunk_size": chunk_size,
         "batch_size": batch_size or DEFAULT_BATCH_SIZE.get(device, DEFAULT_BATCH_SIZE["cpu"]),
         "amp": bool(amp and on_cuda),
-        "score_floor": float(cfg.SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR),
+        "score_floor": float(cfg.SSDET.LABELING.SCORE_FLOOR),
         "teacher_weights_sha256": file_sha256(weights),
         "teacher_model_sha256": _teacher_model_sha256(_teacher_cfg(cfg)),
     }
