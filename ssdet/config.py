@@ -58,16 +58,27 @@ def add_ssdet_config(cfg: CN) -> None:
     _C.SSDET.AUGMENT.PIXEL_MAGNITUDE_SCALE = 1.0
 
     # ---------------------------------------------------------------------------------------------
+    # Labeling: the teacher's pass over the unlabeled images (tools/pseudo_label.py,
+    # ssdet/engine/pseudo_labeling.py). These keys decide the store; the student's filter
+    # (SSDET.PSEUDO_LABELS) acts on it when it is loaded.
+    # ---------------------------------------------------------------------------------------------
+    _C.SSDET.LABELING = CN()
+    # Lowest teacher score (0-1) stored; the student's thresholds act at >= it.
+    _C.SSDET.LABELING.SCORE_FLOOR = 0.05
+    # Its name until ssdet 0.1: an old config gets an error naming the new key.
+    _C.register_renamed_key(
+        "SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR", "SSDET.LABELING.SCORE_FLOOR"
+    )
+
+    # ---------------------------------------------------------------------------------------------
     # Pseudo labels: the teacher's boxes on unlabeled images (ssdet/data/pseudo_labels/). The
-    # teacher stores every box above LABELING_SCORE_FLOOR once; the student's filter below is
+    # teacher stores every box above SSDET.LABELING.SCORE_FLOOR once; the student's filter below is
     # applied when the store is loaded, so changing it needs no second teacher pass.
     # ---------------------------------------------------------------------------------------------
     _C.SSDET.PSEUDO_LABELS = CN()
     # Directory of the pseudo-label store the student trains on (written by tools/pseudo_label.py);
     # "" = none.
     _C.SSDET.PSEUDO_LABELS.STORE = ""
-    # Lowest teacher score (0-1) stored at labeling time; the student's thresholds act at >= it.
-    _C.SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR = 0.05
     # Student side: keep pseudo boxes with teacher score >= this (0-1); the paper keeps >= 0.5.
     _C.SSDET.PSEUDO_LABELS.SCORE_THRESH = 0.5
     # Per-class overrides of SCORE_THRESH: [[class name or contiguous id, threshold], ...];

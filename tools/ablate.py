@@ -16,15 +16,14 @@ from detectron2.utils.logger import setup_logger
 
 from ssdet.ablation import Interrupted
 from ssdet.ablation.ablate import ablate, argument_parser
-from ssdet.utils.errors import InputError
+from ssdet.utils.errors import exit_on_input_error
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     setup_logger(name="ssdet", abbrev_name="ssdet")
     try:
-        sys.exit(ablate(args, tools_dir=os.path.dirname(os.path.abspath(__file__))))
-    except InputError as e:
-        sys.exit(f"error: {e}")
+        with exit_on_input_error():
+            sys.exit(ablate(args, tools_dir=os.path.dirname(os.path.abspath(__file__))))
     except (KeyboardInterrupt, Interrupted):
         print(
             "ablate: stopped; the interrupted run is recorded in status.json. Rerun the same "

@@ -15,11 +15,10 @@ reported; shapes that do not fit the ResNet are refused.
 """
 
 import argparse
-import sys
 
 from ssdet.checkpoint.convert import SOURCE_FORMATS, convert_checkpoint
 from ssdet.checkpoint.format import INPUT_FORMATS, METHODS, save_backbone_checkpoint
-from ssdet.utils.errors import InputError
+from ssdet.utils.errors import exit_on_input_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,7 +84,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with exit_on_input_error():
         main(parse_args())
-    except InputError as e:
-        sys.exit(f"error: {e}")

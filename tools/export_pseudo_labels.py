@@ -16,12 +16,11 @@ records them in pseudo.images.json beside it (pass it back as --image-ids or --i
 """
 
 import argparse
-import sys
 
 import ssdet  # noqa: F401  (registers ssdet's datasets)
 from ssdet.data.pseudo_labels.coco import export_pseudo_labels, import_pseudo_labels
 from ssdet.engine.defaults import load_cfg
-from ssdet.utils.errors import InputError
+from ssdet.utils.errors import exit_on_input_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,7 +90,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with exit_on_input_error():
         main(parse_args())
-    except InputError as e:
-        sys.exit(f"error: {e}")

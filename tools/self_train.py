@@ -13,17 +13,14 @@ Results: OUTPUT_DIR/final_metrics.json; the last student's weights: OUTPUT_DIR/m
 See ssdet/engine/experiment/.
 """
 
-import sys
-
 from ssdet.engine.experiment import run_self_training, self_training_argument_parser
 from ssdet.engine.interrupt import TrainingInterrupted, exit_interrupted
-from ssdet.utils.errors import InputError
+from ssdet.utils.errors import exit_on_input_error
 
 if __name__ == "__main__":
     args = self_training_argument_parser().parse_args()
-    try:
-        run_self_training(args)
-    except InputError as e:
-        sys.exit(f"error: {e}")
-    except TrainingInterrupted as e:
-        exit_interrupted(e, "Run the same command again to continue.")
+    with exit_on_input_error():
+        try:
+            run_self_training(args)
+        except TrainingInterrupted as e:
+            exit_interrupted(e, "Run the same command again to continue.")

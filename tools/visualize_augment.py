@@ -18,19 +18,19 @@ import argparse
 import dataclasses
 import os
 import re
-import sys
 
 import cv2
 import numpy as np
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.data.datasets import load_coco_json
 from detectron2.utils.colormap import colormap
+from detectron2.utils.visualizer import Visualizer
+from matplotlib.font_manager import FontProperties
 
 import ssdet  # noqa: F401  (registers ssdet's datasets with Detectron2)
-from ssdet.config import add_ssdet_config
 from ssdet.data.augment import (
     POLICY_NAMES,
     AutoAugment,
@@ -40,20 +40,22 @@ from ssdet.data.augment import (
 )
 from ssdet.data.augment.mapper import annotation_boxes
 from ssdet.engine.defaults import load_cfg
-from ssdet.utils.errors import InputError
+from ssdet.utils.errors import exit_on_input_error
 from ssdet.utils.io import atomic_open
 
 # Text sizes as fractions of the cell height (Hershey fonts: scale 1.0 is about 22 px tall), so
 # that labels stay readable when the grid is shown shrunk to a page's width.
-_BOX_LABEL_SCALE = 1 / 560
 _OPS_SCALE = 1 / 520
 _TITLE_SCALE = 1 / 420
 _CAPTION_SCALE = 1 / 360
 _MIN_FONT_SCALE = 0.3
+# Box labels (drawn by Visualizer, in matplotlib's sans-serif): font size in pixels as a fraction
+# of the cell height, and its smallest size; about the height of the Hershey text above.
+_BOX_LABEL_SIZE = 1 / 20
+_MIN_BOX_LABEL_SIZE = 9
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _TEXT = (0, 0, 0)
 _MUTED = (140, 140, 140)
-_WHITE = (255, 255, 255)
 # One fixed color per class index (Detectron2's palette, BGR), the same in every cell.
 _PALETTE = [tuple(int(v) for v in color) for color in colormap(rgb=False, maximum=255)]
 
@@ -82,17 +84,6 @@ def parse_args() -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown policies {unknown}; valid policies: {', '.join(POLICY_NAMES)}")
     return args
-
-
-def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    if args.config:
-        # ssdet's loader: plain YAML only (Detectron2's default would run Python that the file
-        # names), and a bad file or key is an InputError.
-        return load_cfg(args.config, args.opts)
-    cfg = get_cfg()
-    add_ssdet_config(cfg)
-    cfg.merge_from_list(args.opts)
-    return cfg
 
 
 def load_dataset(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
@@ -290,11 +281,6 @@ def class_color(category: int) -> tuple[int, int, int]:
     return _PALETTE[category % len(_PALETTE)]
 
 
-def _text_color_on(color: tuple[int, int, int]) -> tuple[int, int, int]:
-    blue, green, red = color
-    return _TEXT if 0.114 * blue + 0.587 * green + 0.299 * red > 140 else _WHITE
-
-
 def wrap(lines: list[list[Item]], scale: float, width: int) -> list[list[Item]]:
     """Break lines of text runs so that each fits ``width`` pixels (a run is never split)."""
     thickness = _thickness(scale)
@@ -357,48 +343,57 @@ def render_cell(
         classes: N class indices into ``class_names`` (shown as numbers when out of range).
         class_names: the dataset's class names.
         height, width: cell size in pixels; the cell is padded with dark gray.
+
+    Returns:
+        (height, width, 3) BGR uint8.
     """
     scale = min(height / image.shape[0], width / image.shape[1])
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
     cell = np.full((height, width, 3), 64, dtype=np.uint8)
     cell[: size[1], : size[0]] = cv2.resize(image, size, interpolation=interp)
-    text_scale = font_scale(height, _BOX_LABEL_SCALE)
-    text_thickness = _thickness(text_scale)
-    line = max(1, round(height / 160))
-    placed: list[tuple[int, int, int, int]] = []  # label rectangles drawn so far
-    for (x0, y0, x1, y1), category in zip(
-        (boxes * scale).round().astype(int), classes, strict=True
-    ):
-        color = class_color(category)
-        cv2.rectangle(cell, (x0, y0), (x1, y1), color, line)
+    # Boxes and labels are drawn by Detectron2's Visualizer, Detectron2's own drawing (as its
+    # tools/visualize_data.py does): the same look as the pseudo-label viewer
+    # (ssdet/data/pseudo_labels/visualize.py).
+    # Its line widths follow its default font size, which is at least 10 pt (for images of some
+    # 900 px): thinner on cells under 320 px.
+    visualizer = Visualizer(
+        cell[:, :, ::-1], metadata=None, scale=1.0, font_size_scale=min(1.0, height / 320)
+    )
+    output = visualizer.get_output()
+    points_per_pixel = 72 / output.dpi  # Visualizer's font sizes are in points
+    font_size = max(_MIN_BOX_LABEL_SIZE, height * _BOX_LABEL_SIZE) * points_per_pixel
+    font = FontProperties(family="sans-serif", size=font_size)
+    renderer = output.canvas.get_renderer()
+    # draw_text's label background: its text plus 0.7 pt on each side; a line is as tall as "lp".
+    pad = 2 * 0.7 / points_per_pixel + 1
+    _, label_height, _ = renderer.get_text_width_height_descent("lp", font, ismath=False)
+    label_height += pad
+    placed: list[tuple[float, float, float, float]] = []  # label rectangles drawn so far
+    for (x0, y0, x1, y1), category in zip(boxes * scale, classes, strict=True):
+        rgb = tuple(v / 255 for v in reversed(class_color(category)))
+        # alpha 1: the edge is drawn in exactly the class's color.
+        visualizer.draw_box((x0, y0, x1, y1), alpha=1.0, edge_color=rgb)
         label = class_names[category] if category < len(class_names) else str(category)
-        (label_width, label_height), baseline = cv2.getTextSize(
-            label, _FONT, text_scale, text_thickness
-        )
-        box_height = label_height + baseline + 2
+        label_width = renderer.get_text_width_height_descent(label, font, ismath=False)[0] + pad
         # Above the box where there is room, else inside its top edge.
-        top = y0 - box_height if y0 - box_height >= 0 else max(y0, 0)
-        left = min(max(x0, 0), max(width - label_width - 4, 0))
+        top = y0 - label_height if y0 - label_height >= 0 else max(y0, 0)
+        left = min(max(x0, 0), max(width - label_width, 0))
         # Labels of boxes that share a corner would hide each other: stack them downwards.
         while any(
-            left < r[2] and r[0] < left + label_width + 4 and top < r[3] and r[1] < top + box_height
+            left < r[2] and r[0] < left + label_width and top < r[3] and r[1] < top + label_height
             for r in placed
         ):
-            top += box_height
-        placed.append((left, top, left + label_width + 4, top + box_height))
-        cv2.rectangle(cell, (left, top), (left + label_width + 4, top + box_height), color, -1)
-        cv2.putText(
-            cell,
+            top += label_height
+        placed.append((left, top, left + label_width, top + label_height))
+        visualizer.draw_text(
             label,
-            (left + 2, top + label_height + 1),
-            _FONT,
-            text_scale,
-            _text_color_on(color),
-            text_thickness,
-            cv2.LINE_AA,
+            (left + pad / 2, top + pad / 2),
+            font_size=font_size,
+            color=rgb,
+            horizontal_alignment="left",
         )
-    return cell
+    return np.ascontiguousarray(output.get_image()[:, :, ::-1])
 
 
 def text_band(lines: list[list[Item]], scale: float, width: int, num_lines: int) -> np.ndarray:
@@ -472,15 +467,13 @@ def make_grid(
 
 
 def main() -> None:
-    try:
+    with exit_on_input_error():
         draw(parse_args())
-    except InputError as e:
-        sys.exit(f"error: {e}")
 
 
 def draw(args: argparse.Namespace) -> None:
     """Draw and write the grid that ``args`` asks for."""
-    cfg = setup_cfg(args)
+    cfg = load_cfg(args.config, args.opts, optional=True)
     dataset_dicts, class_names = load_dataset(args)
     image_format = cfg.INPUT.FORMAT
     mappers = {policy: build_mapper(cfg, policy) for policy in args.policies}

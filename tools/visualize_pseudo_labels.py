@@ -13,16 +13,12 @@ config's SSDET.PSEUDO_LABELS.STORE. See ssdet/data/pseudo_labels/visualize.py.
 """
 
 import argparse
-import sys
-
-from detectron2.config import CfgNode, get_cfg
 
 import ssdet  # noqa: F401  (registers ssdet's datasets, whose ground truth is looked up)
-from ssdet.config import add_ssdet_config
 from ssdet.data.pseudo_labels import PseudoLabelFilter
 from ssdet.data.pseudo_labels.visualize import visualize_pseudo_labels
 from ssdet.engine.defaults import load_cfg
-from ssdet.utils.errors import InputError
+from ssdet.utils.errors import InputError, exit_on_input_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,20 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    if args.config:
-        return load_cfg(args.config, args.opts)
-    cfg = get_cfg()
-    add_ssdet_config(cfg)
-    try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError) as e:
-        raise InputError(f"Bad command-line option: {e}") from e
-    return cfg
-
-
 def main(args: argparse.Namespace) -> None:
-    cfg = setup_cfg(args)
+    cfg = load_cfg(args.config, args.opts, optional=True)
     store = args.store or cfg.SSDET.PSEUDO_LABELS.STORE
     if not store:
         raise InputError("No pseudo-label store: pass --store DIR or a --config that names one.")
@@ -78,7 +62,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with exit_on_input_error():
         main(parse_args())
-    except InputError as e:
-        sys.exit(f"error: {e}")

@@ -30,6 +30,8 @@ from detectron2.utils import comm
 from torch import nn
 
 from ssdet.checkpoint.format import load_backbone_checkpoint
+from ssdet.modeling import backbone as backbones
+from ssdet.utils.ddp import unwrap_model
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_write_json, file_sha256
 from ssdet.utils.run_dir import INIT_RECORD_FILE
@@ -85,16 +87,7 @@ def bottom_up_resnet(model: nn.Module) -> ResNet:
     Args:
         model: a Detectron2 meta-architecture, possibly wrapped in (Distributed)DataParallel.
     """
-    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-        model = model.module
-    backbone = getattr(model, "backbone", None)
-    resnet = getattr(backbone, "bottom_up", backbone)
-    if not isinstance(resnet, ResNet):
-        raise InputError(
-            f"SSDET.INIT loads a ResNet, but the model's backbone is a "
-            f"{type(resnet).__name__}: use a ResNet backbone (MODEL.BACKBONE.NAME)."
-        )
-    return resnet
+    return backbones.bottom_up_resnet(getattr(unwrap_model(model), "backbone", None), "SSDET.INIT")
 
 
 def load_resnet_state_dict(

@@ -13,7 +13,7 @@ Detectron2's naming (``.pkl`` files as that script writes them, a Detectron2 det
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,6 +277,31 @@ def _flip_channels(model: dict[str, torch.Tensor], source: str) -> None:
     model["stem.conv1.weight"] = stem.flip(1).contiguous()
 
 
+def _map_keys(
+    state: Mapping[str, Any], map_key: Callable[[str, Any], tuple[str | None, str | None]]
+) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, str], list[str]]:
+    """Sort a source state dict's keys by ``map_key(key, value)`` -> (target key, drop reason).
+
+    Returns:
+        The converted tensors by target key, the converted source keys (-> target), the dropped
+        ones (-> reason) and those neither converted nor known (both None).
+    """
+    model: dict[str, torch.Tensor] = {}
+    converted: dict[str, str] = {}
+    dropped: dict[str, str] = {}
+    unmatched: list[str] = []
+    for key, value in state.items():
+        target, reason = map_key(key, value)
+        if target is not None:
+            converted[key] = target
+            model[target] = value
+        elif reason is not None:
+            dropped[key] = reason
+        else:
+            unmatched.append(key)
+    return model, converted, dropped, unmatched
+
+
 def _check_converted(
     model: dict[str, torch.Tensor],
     unmatched: list[str],
@@ -429,26 +454,16 @@ def convert_checkpoint(
         )
     prefix, sequential = found
 
-    converted: dict[str, str] = {}
-    dropped: dict[str, str] = {}
-    unmatched: list[str] = []
-    model: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        inner = key.removeprefix(prefix) if key.startswith(prefix) else None
-        if inner is not None:
-            tv_key = _source_key_to_torchvision(inner, sequential)
-            target = torchvision_to_detectron2_key(tv_key)
-            if target is not None and isinstance(value, torch.Tensor):
-                converted[key] = target
-                model[target] = value
-                continue
-            reason = _drop_reason(tv_key)
-        else:
-            reason = _drop_reason(key)
-        if reason is not None:
-            dropped[key] = reason
-        else:
-            unmatched.append(key)
+    def map_key(key: str, value: Any) -> tuple[str | None, str | None]:
+        if not key.startswith(prefix):
+            return None, _drop_reason(key)
+        tv_key = _source_key_to_torchvision(key.removeprefix(prefix), sequential)
+        target = torchvision_to_detectron2_key(tv_key)
+        if target is not None and isinstance(value, torch.Tensor):
+            return target, None
+        return None, _drop_reason(tv_key)
+
+    model, converted, dropped, unmatched = _map_keys(state, map_key)
     inferred, target, missing = _check_converted(
         model, unmatched, allow_unmatched, overrides, source
     )
@@ -521,28 +536,20 @@ def _convert_detectron2(
             f"the prefixes {_prefix_list(_DETECTRON2_PREFIXES)}. Its keys start with: "
             f"{some_keys(sorted(state), 6)}.{_caffe2_hint(state)}"
         )
-    converted: dict[str, str] = {}
-    dropped: dict[str, str] = {}
-    unmatched: list[str] = []
-    model: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
+
+    def map_key(key: str, value: Any) -> tuple[str | None, str | None]:
         inner = key.removeprefix(prefix)
         if key in _DETECTRON2_METADATA:
-            reason = "Detectron2 checkpoint metadata"
-        elif not key.startswith(prefix):
-            reason = "not the bottom-up ResNet (a detector's FPN and heads)"
-        elif _DETECTRON2_RESNET_KEY.fullmatch(inner) and isinstance(value, torch.Tensor):
-            converted[key] = inner
-            model[inner] = value
-            continue
-        elif inner.startswith("linear."):
-            reason = "classifier head (linear)"
-        else:
-            reason = _drop_reason(inner)
-        if reason is not None:
-            dropped[key] = reason
-        else:
-            unmatched.append(key)
+            return None, "Detectron2 checkpoint metadata"
+        if not key.startswith(prefix):
+            return None, "not the bottom-up ResNet (a detector's FPN and heads)"
+        if _DETECTRON2_RESNET_KEY.fullmatch(inner) and isinstance(value, torch.Tensor):
+            return inner, None
+        if inner.startswith("linear."):
+            return None, "classifier head (linear)"
+        return None, _drop_reason(inner)
+
+    model, converted, dropped, unmatched = _map_keys(state, map_key)
     inferred, target, missing = _check_converted(
         model, unmatched, allow_unmatched, overrides, source
     )

@@ -13,7 +13,7 @@ takes as its training input.
 """
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from detectron2.data import transforms as T
 
 from ssdet.data.build import check_registered
 from ssdet.data.image_folder import ImageFolderListing
-from ssdet.data.resumable import build_resumable_train_loader, start_loader_at
+from ssdet.data.resumable import ZipLoader, build_resumable_train_loader
 from ssdet.structures import ClassificationBatch, JointBatch
 from ssdet.utils.errors import InputError
 
@@ -207,7 +207,7 @@ def build_classification_train_loader(
     return loader
 
 
-class JointBatchLoader:
+class JointBatchLoader(ZipLoader):
     """Zips a detection loader and a classification loader into :class:`JointBatch` pairs.
 
     Args:
@@ -222,16 +222,7 @@ class JointBatchLoader:
     ):
         self.detection_loader = detection_loader
         self.classification_loader = classification_loader
-
-    def start_at(self, batch: int) -> bool:
-        """Begin the next iteration at ``batch`` (:func:`~ssdet.data.resumable.start_loader_at`)."""
-        parts = (self.detection_loader, self.classification_loader)
-        return all([start_loader_at(part, batch) for part in parts])
-
-    def __iter__(self) -> Iterator[JointBatch]:
-        classification = iter(self.classification_loader)
-        for detection in self.detection_loader:
-            yield JointBatch(detection, next(classification))
+        super().__init__((detection_loader, classification_loader), JointBatch)
 
 
 # The joint model's MODEL.META_ARCHITECTURE (ssdet.modeling.joint.JointRetinaNet).

@@ -12,7 +12,7 @@ two parts never have to be told apart by a key inside the dicts.
 """
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from detectron2.config import CfgNode, configurable
@@ -21,7 +21,7 @@ from detectron2.utils import comm
 from ssdet.data.augment import PolicyDatasetMapper
 from ssdet.data.build import get_labeled_dataset_dicts
 from ssdet.data.pseudo_labels import load_pseudo_label_dataset
-from ssdet.data.resumable import build_resumable_train_loader, start_loader_at
+from ssdet.data.resumable import ZipLoader, build_resumable_train_loader
 from ssdet.structures import MixedBatch
 from ssdet.utils.errors import InputError
 
@@ -76,7 +76,7 @@ def split_batch_size(
     return num_human, num_pseudo
 
 
-class MixedBatchLoader:
+class MixedBatchLoader(ZipLoader):
     """Zips a human-labeled and a pseudo-labeled batch loader into :class:`MixedBatch` pairs.
 
     Args:
@@ -104,20 +104,14 @@ class MixedBatchLoader:
         self.pseudo_loader = pseudo_loader
         self.num_human = num_human
         self.num_pseudo = num_pseudo
-
-    def start_at(self, batch: int) -> bool:
-        """Begin the next iteration at ``batch`` (:func:`~ssdet.data.resumable.start_loader_at`)."""
-        parts = [p for p in (self.human_loader, self.pseudo_loader) if p is not None]
-        return all([start_loader_at(part, batch) for part in parts])
-
-    def __iter__(self) -> Iterator[MixedBatch]:
-        human = iter(self.human_loader) if self.human_loader is not None else None
-        pseudo = iter(self.pseudo_loader) if self.pseudo_loader is not None else None
-        while True:
-            yield MixedBatch(
-                next(human) if human is not None else [],
-                next(pseudo) if pseudo is not None else [],
-            )
+        # A part without images is an empty list at every step.
+        present = [p for p in (human_loader, pseudo_loader) if p is not None]
+        if human_loader is None:
+            super().__init__(present, lambda pseudo: MixedBatch([], pseudo))
+        elif pseudo_loader is None:
+            super().__init__(present, lambda human: MixedBatch(human, []))
+        else:
+            super().__init__(present, MixedBatch)
 
 
 def pseudo_augment_cfg(cfg: CfgNode) -> CfgNode:

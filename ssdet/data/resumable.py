@@ -28,7 +28,7 @@ import itertools
 import logging
 import operator
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from ssdet.utils.errors import InputError
 
 __all__ = [
     "ResumableTrainLoader",
+    "ZipLoader",
     "aspect_group",
     "build_resumable_train_loader",
     "seeded_rng",
@@ -288,6 +289,31 @@ def build_resumable_train_loader(
         num_workers=num_workers,
         collate_fn=collate_fn,
     )
+
+
+class ZipLoader:
+    """Several train loaders stepped together: step n combines batch n of each.
+
+    The student's mixed batches and joint training's classification batches are such zips. Each
+    is resumable when all its parts are (:func:`start_loader_at`), and it ends when a part ends.
+
+    Args:
+        parts: iterables of batches, one per part.
+        combine: builds a step's batch from the parts' batches, given in ``parts``' order.
+    """
+
+    def __init__(self, parts: Sequence[Iterable[Any]], combine: Callable[..., Any]):
+        self.parts = tuple(parts)
+        self.combine = combine
+
+    def start_at(self, batch: int) -> bool:
+        """Begin the next iteration at ``batch`` (:func:`start_loader_at`, on every part)."""
+        # A list, not a generator: every part must be told, even after one that cannot resume.
+        return all([start_loader_at(part, batch) for part in self.parts])
+
+    def __iter__(self) -> Iterator[Any]:
+        for batches in zip(*self.parts, strict=False):  # infinite parts; stop at the first end
+            yield self.combine(*batches)
 
 
 def start_loader_at(loader: Any, batch: int) -> bool:

@@ -37,12 +37,16 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def load_cfg(config_file: str, opts: list | None = None) -> CfgNode:
+def load_cfg(
+    config_file: str | None, opts: list | None = None, *, optional: bool = False
+) -> CfgNode:
     """Build a run's config from a YAML file and ``KEY VALUE`` overrides, without setting up.
 
     Args:
         config_file: the YAML config file.
         opts: flat ``[KEY, VALUE, ...]`` overrides applied after the file.
+        optional: with no ``config_file``, start from ssdet's defaults instead of refusing (the
+            viewing tools, whose config only supplies keys such as the augmentation's).
 
     Returns:
         The config, not frozen. ``MODEL.DEVICE`` "cuda" becomes "cpu" when no GPU is present.
@@ -51,11 +55,11 @@ def load_cfg(config_file: str, opts: list | None = None) -> CfgNode:
         InputError: no or a missing config file, one that is not YAML (a LazyConfig .py),
             or a bad key or value.
     """
-    if not config_file:
+    if not config_file and not optional:
         raise InputError("No config given: pass --config FILE (see configs/).")
-    if not os.path.isfile(config_file):
+    if config_file and not os.path.isfile(config_file):
         raise InputError(f"Config file {config_file!r} not found.")
-    if not config_file.endswith((".yaml", ".yml")):
+    if config_file and not config_file.endswith((".yaml", ".yml")):
         # A LazyConfig .py is Python: loading one runs it, and no file a user passes may run code.
         raise InputError(
             f"Config {config_file!r} is not a .yaml file. ssdet reads Detectron2's YAML configs "
@@ -67,7 +71,8 @@ def load_cfg(config_file: str, opts: list | None = None) -> CfgNode:
     try:
         # Detectron2's default, allow_unsafe=True, falls back to yaml.unsafe_load, which runs any
         # Python that a config names (!!python/object/apply:os.system ...).
-        cfg.merge_from_file(config_file, allow_unsafe=False)
+        if config_file:
+            cfg.merge_from_file(config_file, allow_unsafe=False)
         cfg.merge_from_list(opts or [])
     except yaml.constructor.ConstructorError as e:
         raise InputError(
@@ -79,7 +84,8 @@ def load_cfg(config_file: str, opts: list | None = None) -> CfgNode:
     # A file that is YAML but no mapping of keys (a list, a line of text) fails in yacs with
     # AttributeError or TypeError.
     except (KeyError, ValueError, AssertionError, AttributeError, TypeError) as e:
-        raise InputError(f"Bad config {config_file!r} or command-line option: {e}") from e
+        where = f"config {config_file!r} or command-line option" if config_file else "option"
+        raise InputError(f"Bad {where}: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         # The same config runs on a GPU machine and, smaller, on a laptop or CI.
         cfg.MODEL.DEVICE = "cpu"

@@ -5,7 +5,6 @@ training stage of a self-training experiment."""
 import argparse
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from ssdet.engine.defaults import load_cfg, setup_cfg, write_final_metrics
 from ssdet.engine.interrupt import TrainingInterrupted, exit_interrupted, launch_interruptible
 from ssdet.engine.student import StudentTrainer
 from ssdet.engine.trainer import Trainer
-from ssdet.utils.errors import InputError
+from ssdet.utils.errors import exit_on_input_error
 from ssdet.utils.lock import output_dir_lock
 
 __all__ = [
@@ -85,18 +84,17 @@ def run_tool(
             ``args.opts``) while it runs, on the first machine: a second run on that folder
             stops with an error naming the first one's PID (see :mod:`ssdet.utils.lock`).
     """
-    try:
-        with contextlib.ExitStack() as stack:
-            output_dir = ""
-            if lock_output_dir and args.machine_rank == 0:
-                # Here, before launch: a worker's InputError would be a traceback.
-                output_dir = load_cfg(args.config_file, args.opts).OUTPUT_DIR or "."
-                stack.enter_context(output_dir_lock(output_dir))
-            launch_main(main, args, (args,) if main_args is None else main_args, output_dir)
-    except InputError as e:
-        sys.exit(f"error: {e}")
-    except TrainingInterrupted as e:
-        exit_interrupted(e, "Run the same command with --resume to continue.")
+    with exit_on_input_error():
+        try:
+            with contextlib.ExitStack() as stack:
+                output_dir = ""
+                if lock_output_dir and args.machine_rank == 0:
+                    # Here, before launch: a worker's InputError would be a traceback.
+                    output_dir = load_cfg(args.config_file, args.opts).OUTPUT_DIR or "."
+                    stack.enter_context(output_dir_lock(output_dir))
+                launch_main(main, args, (args,) if main_args is None else main_args, output_dir)
+        except TrainingInterrupted as e:
+            exit_interrupted(e, "Run the same command with --resume to continue.")
 
 
 def setup_stage_logging(output_dir: str, stdout: bool) -> None:

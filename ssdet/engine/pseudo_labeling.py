@@ -25,7 +25,6 @@ to float rounding), because a batch only holds images that the model pads to the
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -58,7 +57,7 @@ from ssdet.data.pseudo_labels import (
     merge_shards,
 )
 from ssdet.data.pseudo_labels.report import build_report, write_report
-from ssdet.engine.defaults import argument_parser, share_cpu_cores
+from ssdet.engine.defaults import share_cpu_cores
 from ssdet.utils.errors import InputError
 from ssdet.utils.io import atomic_open, atomic_write_json
 
@@ -69,7 +68,6 @@ __all__ = [
     "check_output_dir",
     "label_chunks",
     "label_images",
-    "labeling_argument_parser",
     "merge_and_report",
     "prepare_labeling",
 ]
@@ -96,7 +94,7 @@ _RESUME_KEYS = {
     "chunk_size": "--chunk-size",
     "batch_size": "--batch-size",
     "amp": "AMP (--no-amp)",
-    "score_floor": "SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR",
+    "score_floor": "SSDET.LABELING.SCORE_FLOOR",
     "teacher_weights_sha256": "the teacher weights",
     "teacher_model_sha256": "the teacher config (MODEL or INPUT keys)",
 }
@@ -161,44 +159,6 @@ class LabelingPlan:
 # -------------------------------------------------------------------------------------------------
 
 
-def labeling_argument_parser() -> argparse.ArgumentParser:
-    """ssdet's tool arguments (:func:`argument_parser`) plus those of ``tools/pseudo_label.py``."""
-    parser = argument_parser(
-        epilog="The teacher's weights are MODEL.WEIGHTS (config or trailing KEY VALUE options). "
-        "--resume continues an interrupted run in --output: only chunks without a shard are "
-        "labeled. --verify STORE labels nothing: it checks a store's values and checksums."
-    )
-    # Not required=True: --verify needs neither (tools/pseudo_label.py checks them).
-    parser.add_argument(
-        "--input",
-        help="registered dataset name (e.g. mini_imagenet_train, imagenet_train) or image folder "
-        "(<class>/<image> or flat); required to label",
-    )
-    parser.add_argument("--output", help="output directory of shards and store; required to label")
-    parser.add_argument(
-        "--verify",
-        metavar="STORE",
-        help="check the store STORE (its values, and every column against the SHA-256 recorded "
-        "when it was built), print a summary and exit",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per forward pass and rank (default: 8 on the CPU, 16 on a GPU)",
-    )
-    parser.add_argument(
-        "--chunk-size",
-        type=int,
-        default=DEFAULT_CHUNK_SIZE,
-        help="images per shard file: the unit of work distribution and of --resume",
-    )
-    parser.add_argument(
-        "--no-amp", action="store_true", help="float32 inference on a GPU (default: autocast)"
-    )
-    return parser
-
-
 def _has_shards(output_dir: str) -> bool:
     shard_dir = os.path.join(output_dir, SHARD_DIR)
     return os.path.isdir(shard_dir) and any(n.endswith(".npz") for n in os.listdir(shard_dir))
@@ -224,11 +184,11 @@ def check_output_dir(output_dir: str, resume: bool) -> None:
 def _teacher_cfg(cfg: CfgNode) -> CfgNode:
     """The config the teacher runs with: its test score thresholds lowered to the labeling floor.
 
-    The store must hold every box down to ``LABELING_SCORE_FLOOR`` (the student's thresholds act
-    above it). Detectors drop boxes below their test threshold, and any threshold up to the floor
-    yields the same boxes above the floor, so the floor itself is used.
+    The store must hold every box down to ``SSDET.LABELING.SCORE_FLOOR`` (the student's thresholds
+    act above it). Detectors drop boxes below their test threshold, and any threshold up to the
+    floor yields the same boxes above the floor, so the floor itself is used.
     """
-    floor = cfg.SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR
+    floor = cfg.SSDET.LABELING.SCORE_FLOOR
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = floor
@@ -331,7 +291,7 @@ def prepare_labeling(
         "chunk_size": chunk_size,
         "batch_size": batch_size or DEFAULT_BATCH_SIZE.get(device, DEFAULT_BATCH_SIZE["cpu"]),
         "amp": bool(amp and on_cuda),
-        "score_floor": float(cfg.SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR),
+        "score_floor": float(cfg.SSDET.LABELING.SCORE_FLOOR),
         "teacher_weights_sha256": file_sha256(weights),
         "teacher_model_sha256": _teacher_model_sha256(_teacher_cfg(cfg)),
     }

@@ -14,12 +14,13 @@ models from a run's ``config_detectron2.yaml`` (see :mod:`ssdet.checkpoint.stock
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from detectron2.modeling.backbone import ResNet
+from detectron2.modeling.backbone import FPN, ResNet
 
 from ssdet.modeling.any_width_resnet import (
     build_resnet_any_width_backbone,
     build_retinanet_resnet_any_width_fpn_backbone,
 )
+from ssdet.utils.errors import InputError
 
 
 @BACKBONE_REGISTRY.register()
@@ -39,3 +40,27 @@ def build_ssdet_retinanet_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSp
     builder differs, so checkpoints keep Detectron2's parameter names.
     """
     return build_retinanet_resnet_any_width_fpn_backbone(cfg, input_shape)
+
+
+def bottom_up(backbone: Backbone) -> Backbone:
+    """The backbone's bottom-up network: an FPN's ``bottom_up``, or the backbone itself."""
+    return backbone.bottom_up if isinstance(backbone, FPN) else backbone
+
+
+def bottom_up_resnet(backbone: Backbone, needed_by: str) -> ResNet:
+    """The backbone's bottom-up :class:`ResNet` (a ResNet-FPN's or a bare ResNet).
+
+    Args:
+        backbone: a detector's ``backbone``.
+        needed_by: the config key that needs a ResNet, for the error.
+
+    Raises:
+        InputError: the bottom-up network is not a ResNet.
+    """
+    resnet = bottom_up(backbone)
+    if not isinstance(resnet, ResNet):
+        raise InputError(
+            f"{needed_by} needs a ResNet or ResNet-FPN backbone, not {type(resnet).__name__}: "
+            "use one (MODEL.BACKBONE.NAME) or turn the option off."
+        )
+    return resnet

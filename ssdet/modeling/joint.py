@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
-from detectron2.modeling.backbone import FPN
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ssdet.modeling.backbone import bottom_up
 from ssdet.structures import ClassificationBatch, JointBatch
 from ssdet.utils.errors import InputError
 
@@ -71,11 +71,6 @@ class JointClassificationHead(nn.Module):
             (N, num_classes) logits.
         """
         return self.linear(features.mean(dim=(2, 3)))
-
-
-def bottom_up(backbone: Backbone) -> Backbone:
-    """The backbone's bottom-up network: an FPN's ``bottom_up``, or the backbone itself."""
-    return backbone.bottom_up if isinstance(backbone, FPN) else backbone
 
 
 def joint_feature_shape(backbone: Backbone, feature: str) -> ShapeSpec:

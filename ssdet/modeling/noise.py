@@ -22,11 +22,12 @@ import logging
 import torch
 from detectron2.config import CfgNode
 from detectron2.layers import Conv2d
-from detectron2.modeling import FPN, Backbone, ResNet
+from detectron2.modeling import ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, DeformBottleneckBlock
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
+from ssdet.modeling.backbone import bottom_up_resnet
 from ssdet.utils.errors import InputError
 
 __all__ = [
@@ -127,17 +128,6 @@ def add_head_dropout(head: RetinaNetHead, dropout: float) -> None:
     head.bbox_subnet.append(nn.Dropout(dropout))
 
 
-def _bottom_up_resnet(backbone: Backbone) -> ResNet:
-    if isinstance(backbone, FPN) and isinstance(backbone.bottom_up, ResNet):
-        return backbone.bottom_up
-    if isinstance(backbone, ResNet):
-        return backbone
-    raise InputError(
-        f"SSDET.NOISE.DROP_PATH_RATE needs a ResNet or ResNet-FPN backbone, not "
-        f"{type(backbone).__name__}; set it to 0."
-    )
-
-
 def check_noise_config(cfg: CfgNode) -> None:
     """Refuse ``SSDET.NOISE`` rates outside [0, 1).
 
@@ -167,7 +157,9 @@ def add_student_noise(model: nn.Module, cfg: CfgNode) -> nn.Module:
     check_noise_config(cfg)
     drop_path_rate, dropout = cfg.SSDET.NOISE.DROP_PATH_RATE, cfg.SSDET.NOISE.DROPOUT
     if drop_path_rate > 0:
-        add_drop_path(_bottom_up_resnet(model.backbone), drop_path_rate)
+        add_drop_path(
+            bottom_up_resnet(model.backbone, "SSDET.NOISE.DROP_PATH_RATE"), drop_path_rate
+        )
     if dropout > 0:
         # RetinaNet's head or a subclass of it (FCOSHead: its centerness reads bbox_subnet).
         if not isinstance(getattr(model, "head", None), RetinaNetHead):

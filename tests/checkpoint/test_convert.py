@@ -35,14 +35,21 @@ def randomized_torchvision_resnet(name: str, seed: int = 0) -> torch.nn.Module:
     a BN mapped to the wrong layer or field changes the features."""
     torch.manual_seed(seed)
     net = getattr(torchvision.models, name)()
+    randomize_batch_norms(net)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.num_batches_tracked.fill_(7)
+    return net.eval()
+
+
+def randomize_batch_norms(net: torch.nn.Module) -> None:
+    """Random BN statistics and affine terms (the RNG's next draws), in place."""
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_(0.0, 0.2)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.normal_(0.0, 0.2)
-            module.num_batches_tracked.fill_(7)
-    return net.eval()
 
 
 def detectron2_resnet(depth: int, norm: str, width: int = 64, out: str = "res5"):
@@ -290,12 +297,7 @@ def randomized_detectron2_resnet(depth: int, width: int, seed: int = 0) -> torch
     """A Detectron2 ResNet with random weights and random BN statistics and affine terms."""
     torch.manual_seed(seed)
     net = detectron2_resnet(depth, "BN", width=width)
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(0.0, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_(0.0, 0.2)
+    randomize_batch_norms(net)
     return net.eval()
 
 

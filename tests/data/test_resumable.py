@@ -12,6 +12,7 @@ from detectron2.data.samplers import TrainingSampler
 
 from ssdet.data.resumable import (
     ResumableTrainLoader,
+    ZipLoader,
     _PositionDataset,
     build_resumable_train_loader,
     seeded_rng,
@@ -121,3 +122,22 @@ def test_seeded_rng_restores_the_callers_state():
     assert (np.random.uniform(), random.random(), torch.rand(1).item()) == expected
     with seeded_rng(4, 2):
         assert (np.random.uniform(), random.random(), torch.rand(1).item()) == inside
+
+
+def test_zip_loader_steps_its_parts_together_and_resumes_only_if_all_can():
+    first = ResumableTrainLoader(records(), augment, batch_size=2, seed=3)
+    second = ResumableTrainLoader(records(7), augment, batch_size=1, seed=4)
+    zipped = ZipLoader([first, second], lambda a, b: (a, b))
+    steps = take(zipped, 5)
+    expected = list(zip(take(first, 5), take(second, 5), strict=True))
+    assert [[r["index"] for r in a] for a, _ in steps] == [
+        [r["index"] for r in a] for a, _ in expected
+    ]
+    assert [b[0]["index"] for _, b in steps] == [b[0]["index"] for _, b in expected]
+    # Resuming tells every part; the zip resumes at step 3 exactly when its parts do.
+    assert zipped.start_at(3) and first.start_batch == 3 and second.start_batch == 3
+    assert [b[0]["index"] for _, b in take(zipped, 2)] == [b[0]["index"] for _, b in expected[3:]]
+    plain = ZipLoader([first, [["a"], ["b"]]], lambda a, b: b)
+    assert not plain.start_at(1) and first.start_batch == 1
+    # It ends with its shortest part.
+    assert list(ZipLoader([iter([1, 2, 3]), iter("ab")], lambda a, b: f"{a}{b}")) == ["1a", "2b"]

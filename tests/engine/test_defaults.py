@@ -85,3 +85,20 @@ def test_lazyconfig_python_file_is_refused_unrun(tmp_path):
     with pytest.raises(InputError, match=r"not a \.yaml file.*LazyConfig \.py configs"):
         load_cfg(str(lazy))
     assert not marker.exists()
+
+
+def test_a_renamed_key_is_an_error_naming_its_new_name(tmp_path):
+    config = tmp_path / "old.yaml"
+    config.write_text("SSDET:\n  PSEUDO_LABELS:\n    LABELING_SCORE_FLOOR: 0.1\n")
+    for path, opts in (
+        (str(config), []),
+        (None, ["SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR", "1"]),
+    ):
+        with pytest.raises(InputError, match="renamed to SSDET.LABELING.SCORE_FLOOR"):
+            load_cfg(path, opts, optional=True)
+    assert (
+        load_cfg(
+            None, ["SSDET.LABELING.SCORE_FLOOR", "0.1"], optional=True
+        ).SSDET.LABELING.SCORE_FLOOR
+        == 0.1
+    )

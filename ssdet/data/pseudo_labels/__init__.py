@@ -4,7 +4,7 @@ The paper's teacher labels 1.28M ImageNet images once; the student then trains o
 pseudo boxes. The life cycle here:
 
 1. Labeling (``tools/pseudo_label.py``): each rank fills a :class:`PseudoLabelShardWriter` with
-   every detection above a low score floor (``SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR``) and writes
+   every detection above a low score floor (``SSDET.LABELING.SCORE_FLOOR``) and writes
    one shard file; :func:`merge_shards` joins the shards into a store, in the listing's order.
 2. Training: :meth:`PseudoLabelStore.open` memory-maps the store, :class:`PseudoLabelFilter` picks
    boxes and images (score threshold, class balancing) as index arrays, so a threshold sweep needs

@@ -418,8 +418,8 @@ def check_pseudo_labels(store_dir: str, cfg: CfgNode, teacher_weights: str = "")
             found += f" or its boxes are below MIN_BOX_SIZE {labels.MIN_BOX_SIZE}"
     else:
         found = (
-            "it scored no box even at the labeling floor SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR "
-            f"{labels.LABELING_SCORE_FLOOR}"
+            "it scored no box even at the labeling floor SSDET.LABELING.SCORE_FLOOR "
+            f"{cfg.SSDET.LABELING.SCORE_FLOOR}"
         )
     raise InputError(
         f"The teacher{teacher} gives no pseudo box that the student keeps on the "

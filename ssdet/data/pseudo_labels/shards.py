@@ -56,7 +56,7 @@ class PseudoLabelShardWriter:
     Args:
         path: the shard file to write (``.npz``).
         num_classes: number of teacher classes; class ids must be in ``[0, num_classes)``.
-        score_floor: lowest score kept (``SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR``).
+        score_floor: lowest score kept (``SSDET.LABELING.SCORE_FLOOR``).
     """
 
     def __init__(self, path: str | os.PathLike, num_classes: int, score_floor: float = 0.05):

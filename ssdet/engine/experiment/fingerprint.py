@@ -8,7 +8,7 @@ import logging
 import os
 from typing import Any
 
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 
 from ssdet.config import add_ssdet_config
 from ssdet.data.pseudo_labels import file_sha256, read_metadata
@@ -37,7 +37,8 @@ _UNCHECKED_PREFIXES = ("SSDET.EXPERIMENT.",)
 # batches and loss, the noise): the teacher and the labeling do not depend on them, so that
 # changing the student reuses them. The labeling stage stores every box down to the floor.
 _STUDENT_ONLY_PREFIXES = ("SSDET.PSEUDO_LABELS.", "SSDET.SELF_TRAINING.", "SSDET.NOISE.")
-_LABELING_KEY = "SSDET.PSEUDO_LABELS.LABELING_SCORE_FLOOR"
+# Keys of the labeling pass only: a teacher's training does not depend on them.
+_LABELING_PREFIX = "SSDET.LABELING."
 # In stage.json, paths inside the experiment's folder are written relative to it, so that an
 # experiment folder can be moved or copied.
 _OUTPUT_DIR_TOKEN = "$OUTPUT_DIR"
@@ -53,11 +54,8 @@ def stage_spec(stage: Stage, plan: ExperimentPlan) -> dict[str, Any]:
         if key not in _UNCHECKED_KEYS
         and not key.endswith(_UNCHECKED_SUFFIXES)
         and not key.startswith(_UNCHECKED_PREFIXES)
-        and (
-            student
-            or (stage.kind == StageKind.LABEL and key == _LABELING_KEY)
-            or not key.startswith(_STUDENT_ONLY_PREFIXES)
-        )
+        and (student or not key.startswith(_STUDENT_ONLY_PREFIXES))
+        and (student or stage.kind == StageKind.LABEL or not key.startswith(_LABELING_PREFIX))
     }
     spec: dict[str, Any] = {"kind": stage.kind, "config": config}
     if stage.kind == StageKind.LABEL:
@@ -96,13 +94,25 @@ def _default_flat_config() -> dict[str, Any]:
     return json.loads(json.dumps(flat_config(cfg)))
 
 
+@functools.lru_cache(maxsize=1)
+def _renamed_keys() -> dict[str, str]:
+    """ssdet's renamed keys (``register_renamed_key`` in ssdet/config.py): old name -> new."""
+    cfg = get_cfg()
+    add_ssdet_config(cfg)
+    renamed = cfg.__dict__[CfgNode.RENAMED_KEYS]
+    return {old: new if isinstance(new, str) else new[0] for old, new in renamed.items()}
+
+
 def spec_differences(old: dict, new: dict) -> list[str]:
     """``"KEY old -> new"`` for every config key and input that differs between two specs.
 
     A key the old spec lacks is no difference while the new spec has it at its default: ssdet
-    added the key after the stage was made, and the default keeps the old behaviour.
+    added the key after the stage was made, and the default keeps the old behaviour. A key the
+    old spec names by its old name (a renamed key) is compared under its new name.
     """
-    old_config, new_config = old.get("config", {}), new.get("config", {})
+    renamed = _renamed_keys()
+    old_config = {renamed.get(k, k): v for k, v in old.get("config", {}).items()}
+    new_config = new.get("config", {})
     defaults = _default_flat_config()
     old_config = {
         **{k: defaults[k] for k in new_config.keys() - old_config.keys() if k in defaults},

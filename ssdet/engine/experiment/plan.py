@@ -10,6 +10,7 @@ from typing import Any
 from detectron2.config import CfgNode
 
 from ssdet.checkpoint import fetch_checkpoint, is_loadable_checkpoint
+from ssdet.data.build import num_classes, num_classes_key
 from ssdet.data.datasets import unknown_dataset_hint
 from ssdet.data.image_folder import image_source_kind
 from ssdet.data.pseudo_labels import PseudoLabelFilter, PseudoLabelStoreError, read_metadata
@@ -429,12 +430,14 @@ def plan_experiment(
     cfgs = {stage.name: stage.load_cfg() for stage in plan.stages}
     for stage in plan.stages:
         _check_stage_config(stage, cfgs[stage.name])
-    teacher_classes = cfgs[TEACHER_STAGE].MODEL.RETINANET.NUM_CLASSES
-    if teacher_classes != cfg.MODEL.RETINANET.NUM_CLASSES:
+    # The class count wherever each model keeps it (a RetinaNet teacher may label for any
+    # detector), as the trainers' dataset checks read it.
+    teacher_classes = num_classes(cfgs[TEACHER_STAGE])
+    if teacher_classes != num_classes(cfg):
         raise InputError(
-            f"The teacher ({teacher_config}) has MODEL.RETINANET.NUM_CLASSES {teacher_classes} "
-            f"but the student ({config_file}) {cfg.MODEL.RETINANET.NUM_CLASSES}: the pseudo "
-            "labels are the teacher's classes."
+            f"The teacher ({teacher_config}) has {num_classes_key(cfgs[TEACHER_STAGE])} "
+            f"{teacher_classes} but the student ({config_file}) {num_classes_key(cfg)} "
+            f"{num_classes(cfg)}: the pseudo labels are the teacher's classes."
         )
     if teacher.kind == StageKind.EVALUATE:
         _check_teacher_fits(cfgs[TEACHER_STAGE], weights_of(teacher))

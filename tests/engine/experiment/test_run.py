@@ -200,7 +200,7 @@ def test_final_checkpoint_loads_into_a_stock_detectron2_model(experiment):
         os.path.join(output_dir, "round1", "student", "model_final.pth"), weights_only=True
     )
     assert all(torch.equal(v, student["model"][k]) for k, v in checkpoint["model"].items())
-    # Its config for stock Detectron2 is beside it (tests/engine/test_train_net.py runs one in a
+    # Its config for stock Detectron2 is beside it (tests/tools/test_train_net.py runs one in a
     # process without ssdet).
     stock = get_cfg()
     stock.merge_from_file(os.path.join(output_dir, record["detectron2_config"]))

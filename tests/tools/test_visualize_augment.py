@@ -11,7 +11,7 @@ import pytest
 
 from ssdet.data.augment import AUTOAUGMENT_POLICIES, RANDAUGMENT_OPS
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from ..conftest import REPO
 
 
 def _load_tool():
@@ -82,9 +82,7 @@ def test_visualize_augment_writes_a_grid(tmp_path, monkeypatch):
     assert grid.shape[1] == 3 * 80 and grid.shape[0] > 2 * 60
 
     # Each mapped cell names the ops it drew: the sub-policy's, with magnitudes, and the flip.
-    cfg = tool.get_cfg()
-    tool.add_ssdet_config(cfg)
-    cfg.merge_from_list(argv[argv.index("SSDET.AUGMENT.OUTPUT_SIZE") :])
+    cfg = tool.load_cfg(None, argv[argv.index("SSDET.AUGMENT.OUTPUT_SIZE") :], optional=True)
     dataset_dict = tool.load_coco_json(str(coco_json), str(tmp_path), "visualize_augment_test")[0]
     for policy, names in (
         ("S2", {name for sub in AUTOAUGMENT_POLICIES["v0"] for name, _, _ in sub}),
