@@ -126,6 +126,27 @@ class CPUAutocastTrainer(SimpleTrainer):
             super().run_step()
 
 
+def cpu_amp_step(cfg: CfgNode, trainer: SimpleTrainer) -> SimpleTrainer:
+    """The step a ``DefaultTrainer`` should run on a CPU device under ``SOLVER.AMP.ENABLED``.
+
+    ``DefaultTrainer`` picks Detectron2's ``AMPTrainer`` for AMP, which refuses to run without
+    CUDA: on a CPU the step becomes :class:`CPUAutocastTrainer` (or ``SimpleTrainer``, float32,
+    where :func:`amp_mode` says so) over the same model, loader and optimizer.
+
+    Args:
+        cfg: the run's config.
+        trainer: the step ``DefaultTrainer`` built (its ``_trainer``).
+
+    Returns:
+        ``trainer`` itself without AMP or on a GPU, else the CPU step.
+    """
+    mode = amp_mode(cfg)
+    if not cfg.SOLVER.AMP.ENABLED or mode == "cuda":
+        return trainer
+    step_class = CPUAutocastTrainer if mode == "cpu" else SimpleTrainer
+    return step_class(trainer.model, trainer.data_loader, trainer.optimizer)
+
+
 class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
     """``DefaultTrainer`` with ssdet's labeled subsets, Augment-S1..S4 policies and COCO AP.
 
@@ -163,10 +184,8 @@ class Trainer(JointTrainerMixin, SsdetCheckpointerMixin, DefaultTrainer):
                 inner.optimizer,
                 accumulation_steps=accumulation_steps,
             )
-        elif cfg.SOLVER.AMP.ENABLED and amp_mode(cfg) != "cuda":
-            # DefaultTrainer picks AMPTrainer for AMP, which refuses to run without CUDA.
-            step_class = CPUAutocastTrainer if amp_mode(cfg) == "cpu" else SimpleTrainer
-            self._trainer = step_class(inner.model, inner.data_loader, inner.optimizer)
+        else:
+            self._trainer = cpu_amp_step(cfg, inner)
 
     def build_hooks(self) -> list:
         # Ctrl-C and SIGTERM stop after the current step, with its checkpoint; each step's RNG

@@ -21,6 +21,7 @@ from detectron2.utils import comm
 import ssdet
 from ssdet.checkpoint import SsdetCheckpointerMixin, save_backbone_checkpoint
 from ssdet.engine.interrupt import add_stop_on_signal
+from ssdet.engine.trainer import cpu_amp_step
 from ssdet.pretrain.data import (
     PretrainSplits,
     build_pretrain_test_loader,
@@ -167,6 +168,9 @@ class PretrainTrainer(SsdetCheckpointerMixin, DefaultTrainer):
                 "batch per step: set it to 1 (and SOLVER.IMS_PER_BATCH to the batch)."
             )
         super().__init__(cfg)
+        # The mini pre-training configs inherit the detector's SOLVER.AMP.ENABLED: on a CPU that
+        # is bfloat16 autocast (or float32), as for the detector, not CUDA's AMPTrainer.
+        self._trainer = cpu_amp_step(cfg, self._trainer)
 
     def build_hooks(self) -> list:
         # Ctrl-C and SIGTERM stop after the current step, with its checkpoint.

@@ -155,6 +155,16 @@ def test_interrupted_run_resumes(tiny_world, tmp_path):
     assert json.load(open(os.path.join(out, "pretrain_metrics.json")))["iterations"] == 4
 
 
+def test_amp_on_a_cpu_trains(tiny_world, tmp_path):
+    """SOLVER.AMP.ENABLED (the mini detector configs' default) on a CPU: bfloat16 autocast or
+    float32, never Detectron2's CUDA-only AMPTrainer."""
+    out = str(tmp_path)
+    pretrain("OUTPUT_DIR", out, "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0",
+             "SOLVER.AMP.ENABLED", "True")  # fmt: skip
+    assert json.load(open(os.path.join(out, "pretrain_metrics.json")))["iterations"] == 2
+    assert os.path.isfile(os.path.join(out, "backbone_final.pth"))
+
+
 def test_bad_input(tiny_world, tmp_path):
     with pytest.raises(InputError, match="neither a registered dataset nor a folder"):
         pretrain("--dataset", str(tmp_path / "missing"), "OUTPUT_DIR", str(tmp_path / "a"))
