@@ -173,6 +173,43 @@ def _split_workers(num_workers: int, num_human: int, num_pseudo: int) -> tuple[i
 
 
 @configurable(from_config=_mixed_train_loader_from_config)
+def _warn_if_pseudo_part_small(
+    human_dataset: Sequence[dict] | None,
+    pseudo_dataset: Sequence[dict] | None,
+    num_human: int,
+    num_pseudo: int,
+) -> bool:
+    """Warn when each pseudo-labeled image would be drawn more often than each human-labeled one.
+
+    The paper's unlabeled set is ~10x its labeled one, so the student sees every pseudo image
+    far less often than every human one. A teacher that keeps boxes on only a few images (seen
+    on the mini world: 96 images at Augment-S4) turns the pseudo half of every batch into those
+    few images over and over, which the student overfits, with no error anywhere. The
+    "almost empty" warning of the filter does not fire there (96 of 3332 images is above 1%).
+
+    Returns:
+        Whether it warned.
+    """
+    if not (num_human and num_pseudo and human_dataset and pseudo_dataset):
+        return False
+    human_rate = num_human / len(human_dataset)
+    pseudo_rate = num_pseudo / len(pseudo_dataset)
+    if pseudo_rate <= human_rate:
+        return False
+    logger.warning(
+        "Only %d pseudo-labeled images against %d human-labeled ones: with %d + %d per step, the "
+        "student draws each pseudo image %.1fx as often as each human one and may overfit them. "
+        "Lower SSDET.PSEUDO_LABELS.SCORE_THRESH, set KEEP_EMPTY_IMAGES True, or check the "
+        "teacher (report.json next to the pseudo-label store).",
+        len(pseudo_dataset),
+        len(human_dataset),
+        num_human,
+        num_pseudo,
+        pseudo_rate / human_rate,
+    )
+    return True
+
+
 def build_mixed_train_loader(
     human_dataset: Sequence[dict] | None,
     pseudo_dataset: Sequence[dict] | None,
@@ -245,6 +282,7 @@ def build_mixed_train_loader(
         pseudo_loader = part_loader(
             pseudo_dataset, pseudo_mapper, num_pseudo, pseudo_seed, pseudo_workers, "pseudo"
         )
+    _warn_if_pseudo_part_small(human_dataset, pseudo_dataset, num_human, num_pseudo)
     logger.info(
         "Mixed batches: %s human-labeled + %s pseudo-labeled images per process and step; sampler "
         "seeds %s / %s",

@@ -1,6 +1,7 @@
 """Tests of the student's mixed batches: ratio, sources, samplers, seeds, grouping, ranks."""
 
 import itertools
+import logging
 import os
 
 import numpy as np
@@ -160,6 +161,22 @@ def test_both_samplers_are_infinite_and_cover_their_datasets():
     for epoch in range(10):
         assert sorted(human[10 * epoch : 10 * epoch + 10]) == list(range(10))
     assert sorted(pseudo[:3]) == [0, 1, 2] and len(pseudo) == 300
+
+
+def test_warns_when_each_pseudo_image_is_drawn_more_often_than_a_human_one(caplog):
+    # 4 + 4 per step: 10 pseudo images against 20 human ones are each drawn twice as often.
+    with caplog.at_level(logging.WARNING, logger="ssdet.data.mixed"):
+        fake_loader(total=8, ratio=0.5, human_size=20, pseudo_size=10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "Only 10 pseudo-labeled images against 20" in warnings[0]
+    assert "2.0x as often" in warnings[0] and "SCORE_THRESH" in warnings[0]
+    caplog.clear()
+    # Drawn as often (10 and 10), or less often (6 human + 2 pseudo per step): no warning.
+    with caplog.at_level(logging.WARNING, logger="ssdet.data.mixed"):
+        fake_loader(total=8, ratio=0.5, human_size=10, pseudo_size=10)
+        fake_loader(total=8, ratio=0.25, human_size=20, pseudo_size=10)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_one_part_only_at_ratio_0_and_1():

@@ -27,7 +27,9 @@ from ssdet.data.pseudo_labels.filter import PseudoLabelSelection, is_almost_empt
 from ssdet.utils.io import atomic_open, atomic_write_json
 
 __all__ = [
+    "FALSE_POSITIVE_KINDS",
     "GROUND_TRUTH_IOU",
+    "LOCALIZATION_IOU",
     "PseudoLabelReport",
     "build_report",
     "report_figure",
@@ -42,6 +44,12 @@ _MAX_BOXES_BIN = 20
 _SCORE_BINS = 20
 # A kept box is a true positive at this IoU with a ground-truth object of its class (COCO's AP50).
 GROUND_TRUTH_IOU = 0.5
+# A false positive that overlaps an object at least this much, but none at GROUND_TRUTH_IOU, is a
+# localization error; below it on every object, a box on background (the split of Hoiem et al.'s
+# "Diagnosing error in object detectors", with its 0.1).
+LOCALIZATION_IOU = 0.1
+# The kinds of false positive, in the order a box is assigned to the first that applies.
+FALSE_POSITIVE_KINDS = ("duplicate", "wrong_class", "novel_class", "localization", "background")
 # The plot (write_report): pixels per inch, font sizes (points), and the per-class bar charts'
 # width: one rotated class name per _CLASS_LABEL_WIDTH inches, at most _MAX_CLASS_LABELS names.
 _DPI = 100
@@ -84,7 +92,14 @@ class PseudoLabelReport:
             "true_positives", "precision", "recall", "image_accuracy" (fraction of the images
             whose top-scoring kept box is a true positive; an image without one counts as
             wrong), "per_class": {name: {"kept", "gt", "true_positives", "precision",
-            "recall"}}}``. A precision or recall of nothing (0 / 0) is None.
+            "recall"}}, "false_positives": {kind: count}}``. A precision or recall of nothing
+            (0 / 0) is None. Each kept box that is not a true positive counts once, as the first
+            of :data:`FALSE_POSITIVE_KINDS` that applies: "duplicate" (IoU >= 0.5 with an object
+            of its class that a higher-scoring box took), "wrong_class" (with an object of
+            another of the teacher's classes), "novel_class" (with an object of a class the
+            teacher does not know), "localization" (IoU >= 0.1 with some object), "background";
+            "wrong_class_on_found_object" counts the wrong-class boxes on an object that a kept
+            box of its own class found (what class-agnostic NMS would remove).
     """
 
     store_path: str
@@ -135,6 +150,20 @@ class PseudoLabelReport:
                 f"{gt['iou_threshold']:g} on {gt['num_images']} images; objects of classes the "
                 f"teacher does not know, not counted: {gt['num_novel_gt_boxes']}"
             )
+            fp, kept = gt["false_positives"], gt["num_kept_boxes"]
+            lines.append(
+                "  false positives, % of kept boxes: "
+                + ", ".join(
+                    f"{kind.replace('_', ' ')} {_percent(_ratio(fp[kind], kept))}"
+                    + (
+                        f" ({_percent(_ratio(fp['wrong_class_on_found_object'], kept))} on "
+                        "objects found in their class)"
+                        if kind == "wrong_class"
+                        else ""
+                    )
+                    for kind in FALSE_POSITIVE_KINDS
+                )
+            )
         if self.almost_empty:
             lines.append(
                 f"  WARNING: almost no pseudo boxes; lower SSDET.PSEUDO_LABELS.SCORE_THRESH "
@@ -158,7 +187,8 @@ def _true_positives(
     gt_classes: np.ndarray,
     pair_boxes: np.ndarray,
     pair_gt: np.ndarray,
-) -> np.ndarray:
+    iou: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """COCO's greedy matching of kept boxes to ground-truth objects, all images at once.
 
     In descending score order, each box takes the unmatched object of its class that it overlaps
@@ -171,13 +201,12 @@ def _true_positives(
         gt_boxes: float (G, 4) XYXY objects.
         gt_classes: int (G,) their classes in the teacher's ids, -1 for classes it does not know.
         pair_boxes, pair_gt: int (P,) every (box, object) pair of the same image.
+        iou: float (P,) the IoU of each pair.
 
     Returns:
-        bool (D,) whether each kept box is a true positive.
+        bool (D,) whether each kept box is a true positive, and bool (G,) whether each object
+        was matched.
     """
-    iou = matched_pairwise_iou(
-        Boxes(torch.from_numpy(boxes[pair_boxes])), Boxes(torch.from_numpy(gt_boxes[pair_gt]))
-    ).numpy()
     # Kept classes are >= 0, so an object of a novel class (-1) is never a candidate.
     candidate = (classes[pair_boxes] == gt_classes[pair_gt]) & (iou >= GROUND_TRUTH_IOU)
     pair_boxes, pair_gt, iou = pair_boxes[candidate], pair_gt[candidate], iou[candidate]
@@ -189,7 +218,45 @@ def _true_positives(
     for d, g in zip(pair_boxes[order].tolist(), pair_gt[order].tolist(), strict=True):
         if not hits[d] and not matched[g]:
             hits[d] = matched[g] = True
-    return hits
+    return hits, matched
+
+
+def _false_positives(
+    hits: np.ndarray,
+    matched: np.ndarray,
+    classes: np.ndarray,
+    gt_classes: np.ndarray,
+    pair_boxes: np.ndarray,
+    pair_gt: np.ndarray,
+    iou: np.ndarray,
+) -> dict[str, int]:
+    """Counts of the kinds of false positive (see :class:`PseudoLabelReport`), all boxes at once.
+
+    Arguments as :func:`_true_positives`, with its ``hits`` and ``matched``.
+    """
+
+    def boxes_with(pairs: np.ndarray) -> np.ndarray:
+        return np.bincount(pair_boxes[pairs], minlength=len(hits)) > 0
+
+    same = classes[pair_boxes] == gt_classes[pair_gt]
+    known = gt_classes[pair_gt] >= 0
+    overlap = iou >= GROUND_TRUTH_IOU
+    left = ~hits
+    counts = {}
+    for kind, pairs in (
+        ("duplicate", same & overlap),
+        ("wrong_class", ~same & known & overlap),
+        ("novel_class", ~known & overlap),
+        ("localization", iou >= LOCALIZATION_IOU),
+    ):
+        kind_boxes = left & boxes_with(pairs)
+        counts[kind] = int(kind_boxes.sum())
+        left &= ~kind_boxes
+        if kind == "wrong_class":
+            on_found = kind_boxes & boxes_with(pairs & matched[pair_gt])
+            counts["wrong_class_on_found_object"] = int(on_found.sum())
+    counts["background"] = int(left.sum())
+    return counts
 
 
 def _ground_truth_section(
@@ -225,7 +292,11 @@ def _ground_truth_section(
     pair_boxes = np.repeat(np.arange(len(rows)), gt_counts[box_image])
     pair_gt = gather_ranges(gt_offsets[box_image], gt_counts[box_image])
     classes = store.classes[rows].astype(np.int64)
-    hits = _true_positives(store.boxes[rows], classes, gt_boxes, gt_classes, pair_boxes, pair_gt)
+    boxes = store.boxes[rows]
+    iou = matched_pairwise_iou(
+        Boxes(torch.from_numpy(boxes[pair_boxes])), Boxes(torch.from_numpy(gt_boxes[pair_gt]))
+    ).numpy()
+    hits, matched = _true_positives(boxes, classes, gt_boxes, gt_classes, pair_boxes, pair_gt, iou)
 
     kept = np.bincount(classes, minlength=len(names))
     tp = np.bincount(classes[hits], minlength=len(names))
@@ -254,6 +325,9 @@ def _ground_truth_section(
             }
             for name, k, g, t in zip(names, kept.tolist(), gt.tolist(), tp.tolist(), strict=True)
         },
+        "false_positives": _false_positives(
+            hits, matched, classes, gt_classes, pair_boxes, pair_gt, iou
+        ),
     }
 
 

@@ -214,9 +214,23 @@ def test_report_against_ground_truth(tmp_path, labeled_world):
         "dog": {"kept": 2, "gt": 1, "true_positives": 1, "precision": 0.5, "recall": 1.0},
         "cat": {"kept": 0, "gt": 0, "true_positives": 0, "precision": None, "recall": None},
     }
+    # One of each kind (see the fixture); the dog on the car is not on a found object.
+    assert gt["false_positives"] == {
+        "duplicate": 1,
+        "wrong_class": 1,
+        "wrong_class_on_found_object": 0,
+        "novel_class": 1,
+        "localization": 1,
+        "background": 1,
+    }
     assert (
         "ground truth: precision 28.6%, recall 40.0%, image accuracy 50.0% at IoU 0.5 on 4 images; "
         "objects of classes the teacher does not know, not counted: 1" in report.summary()
+    )
+    assert (
+        "false positives, % of kept boxes: duplicate 14.3%, wrong class 14.3% (0.0% on objects "
+        "found in their class), novel class 14.3%, localization 14.3%, background 14.3%"
+        in report.summary()
     )
     write_report(report, tmp_path / "report.json", tmp_path / "report.png")
     content = json.loads((tmp_path / "report.json").read_text())
@@ -231,6 +245,27 @@ def test_report_against_ground_truth(tmp_path, labeled_world):
     assert strict.ground_truth["recall"] == pytest.approx(2 / 5)
 
     assert build_report(PseudoLabelFilter().apply(store)).ground_truth is None
+
+
+def test_wrong_class_on_an_object_found_in_its_class(tmp_path):
+    # One person found (0.9), then a car box on the same person (0.7) and one shifted off it
+    # (0.6, IoU 1/3: a localization error).
+    person, car = TEACHER_CLASSES.index("person"), TEACHER_CLASSES.index("car")
+    writer = PseudoLabelShardWriter(tmp_path / "shard.npz", len(TEACHER_CLASSES), score_floor=0.0)
+    boxes = np.array([[0, 0, 20, 20], [1, 1, 20, 20], [10, 0, 30, 20]], dtype=np.float64)
+    writer.add(0, "a/0.jpg", 100, 100, boxes, (0.9, 0.7, 0.6), (person, car, person))
+    (tmp_path / "images").mkdir()
+    store = merge_shards(
+        [writer.write()],
+        tmp_path / "store",
+        LabelingProvenance(TEACHER_CLASSES, image_root=str(tmp_path / "images")),
+    )
+    json_file = _write_ground_truth(tmp_path / "gt.json", {"a/0.jpg": [("person", (0, 0, 20, 20))]})
+    gt = build_report(PseudoLabelFilter().apply(store), json_file).ground_truth
+    assert gt["true_positives"] == 1
+    fp = gt["false_positives"]
+    assert (fp["wrong_class"], fp["wrong_class_on_found_object"], fp["localization"]) == (1, 1, 1)
+    assert fp["duplicate"] == fp["novel_class"] == fp["background"] == 0
 
 
 def test_unreadable_ground_truth_names_the_file(tmp_path, labeled_world):
