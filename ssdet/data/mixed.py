@@ -172,7 +172,6 @@ def _split_workers(num_workers: int, num_human: int, num_pseudo: int) -> tuple[i
     return human, pseudo
 
 
-@configurable(from_config=_mixed_train_loader_from_config)
 def _warn_if_pseudo_part_small(
     human_dataset: Sequence[dict] | None,
     pseudo_dataset: Sequence[dict] | None,
@@ -210,6 +209,7 @@ def _warn_if_pseudo_part_small(
     return True
 
 
+@configurable(from_config=_mixed_train_loader_from_config)
 def build_mixed_train_loader(
     human_dataset: Sequence[dict] | None,
     pseudo_dataset: Sequence[dict] | None,
