@@ -82,8 +82,9 @@ def evaluate_linear_probe(cfg: CfgNode, model: PretrainModel, splits: PretrainSp
         build_pretrain_test_loader(cfg, _probe_train_images(cfg, splits)),
         build_pretrain_test_loader(cfg, splits.val),
         len(splits.class_names),
-        weight_decay=lp.WEIGHT_DECAY,
+        weight_decay=tuple(lp.WEIGHT_DECAYS) or lp.WEIGHT_DECAY,
         max_iter=lp.MAX_ITER,
+        holdout_fraction=lp.HOLDOUT_FRACTION,
     )
     return {} if top1 is None else {"linear_probe_top1": top1}
 

@@ -6,8 +6,10 @@ that regression on the val split is reported.
 """
 
 import logging
+from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils import comm
@@ -23,6 +25,7 @@ __all__ = [
     "extract_features",
     "fit_linear_probe",
     "linear_probe_top1",
+    "select_probe_weight_decay",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,20 @@ class ClassificationEvaluator(DatasetEvaluator):
         return {"top1": 100.0 * correct / max(total, 1)}
 
 
+def _use_main_process_buffers(model: nn.Module) -> None:
+    """Give every process the main process's buffers (BatchNorm statistics).
+
+    DDP broadcasts the main process's buffers at the start of each training forward, after which
+    every process updates its running statistics with its own batch: at the end of training the
+    processes' statistics differ, and features extracted by each would come from slightly
+    different models (measured: a SimCLR probe of 36.1% from 2 processes, 32.8% from 1, the
+    same saved weights). The main process's are the ones saved in the checkpoint.
+    """
+    if comm.get_world_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 @torch.no_grad()
 def extract_features(
     model: PretrainModel, data_loader, desc: str = "features"
@@ -65,6 +82,7 @@ def extract_features(
         images, on the CPU; None on the other processes.
     """
     features, labels = [], []
+    _use_main_process_buffers(model)
     with inference_context(model):
         for batch in tqdm(data_loader, desc=desc, disable=not comm.is_main_process()):
             features.append(model.extract_features(batch).float().cpu())
@@ -130,17 +148,55 @@ def fit_linear_probe(
     return probe.eval()
 
 
+def _top1(probe: LinearProbe, features: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return 100.0 * (probe(features).argmax(1) == labels).float().mean().item()
+
+
+def select_probe_weight_decay(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    candidates: Sequence[float],
+    holdout_fraction: float = 0.2,
+    max_iter: int = 1000,
+) -> float:
+    """The candidate weight decay whose probe, fitted on part of the train features, scores best
+    on the rest (a seeded split): the probe's one setting is chosen without the val split.
+
+    Ties go to the earlier candidate. With one candidate, or too few images to hold any out, the
+    first candidate is returned.
+    """
+    num_held = int(round(holdout_fraction * len(labels)))
+    if len(candidates) == 1 or not 0 < num_held < len(labels):
+        return candidates[0]
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    held, fit = order[:num_held], order[num_held:]
+    scores = [
+        _top1(
+            fit_linear_probe(features[fit], labels[fit], num_classes, wd, max_iter),
+            features[held],
+            labels[held],
+        )
+        for wd in candidates
+    ]
+    return candidates[max(range(len(candidates)), key=lambda i: (scores[i], -i))]
+
+
 def linear_probe_top1(
     model: PretrainModel,
     train_loader,
     val_loader,
     num_classes: int,
-    weight_decay: float = 1e-4,
-    max_iter: int = 200,
+    weight_decay: float | Sequence[float] = 1e-4,
+    max_iter: int = 1000,
+    holdout_fraction: float = 0.2,
 ) -> float | None:
     """Top-1 (percent) on the val images of a linear probe fitted on the train images' features.
 
-    Every process extracts its share of the features; the main process fits and evaluates.
+    Every process extracts its share of the features (with the main process's BatchNorm
+    statistics); the main process fits and evaluates. Several weight decays: the one
+    :func:`select_probe_weight_decay` picks on a held-out part of the train features.
 
     Returns:
         The top-1 on the main process, None on the others.
@@ -149,12 +205,16 @@ def linear_probe_top1(
     val = extract_features(model, val_loader, desc="linear probe: val features")
     if train is None or val is None:
         return None
+    candidates = [weight_decay] if isinstance(weight_decay, float | int) else list(weight_decay)
+    weight_decay = select_probe_weight_decay(
+        *train, num_classes, candidates, holdout_fraction, max_iter
+    )
     probe = fit_linear_probe(*train, num_classes, weight_decay, max_iter)
     with torch.no_grad():
         train_top1 = 100.0 * (probe(train[0]).argmax(1) == train[1]).float().mean().item()
         top1 = 100.0 * (probe(val[0]).argmax(1) == val[1]).float().mean().item()
     logger.info(
         f"Linear probe on {len(train[1])} train / {len(val[1])} val images: "
-        f"top-1 {top1:.2f} (train {train_top1:.2f})"
+        f"top-1 {top1:.2f} (train {train_top1:.2f}), weight decay {weight_decay:g}"
     )
     return top1
