@@ -3,6 +3,7 @@ the run's record, resuming, and bad input."""
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -142,6 +143,24 @@ def test_simclr_run_and_linear_probe(simclr_run):
     num_val = sum(tiny_imagenet_counts("val"))
     log = open(os.path.join(out, "log.txt")).read()
     assert f"Linear probe on {num_probe} train / {num_val} val images" in log
+
+
+def test_simclr_loss_falls_on_the_tiny_world(tiny_world, tmp_path):
+    """A SimCLR that learns picks each view's pair out of the batch better and better: in 150
+    iterations of 32 images (63 candidates per view) its loss falls well below the ln(63) = 4.14
+    of embeddings that know nothing (measured: 4.12 at iteration 19, 3.76 at 149). A run whose
+    positives were wrong, or whose backbone did not train, would stay near ln(63)."""
+    pretrain(
+        "--method", "simclr", "OUTPUT_DIR", str(tmp_path),
+        "SOLVER.MAX_ITER", "150", "SOLVER.IMS_PER_BATCH", "32", "SOLVER.WARMUP_ITERS", "10",
+        "SOLVER.BASE_LR", "0.1", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0",
+        "SSDET.PRETRAIN.CROP_SCALE", "(0.5, 1.0)",
+    )  # fmt: skip
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    losses = [r["total_loss"] for r in rows if "total_loss" in r]
+    assert len(losses) >= 5
+    assert losses[0] > math.log(63) - 0.1
+    assert losses[-1] < losses[0] - 0.2 and losses[-1] < math.log(63) - 0.25
 
 
 def test_interrupted_run_resumes(tiny_world, tmp_path):
