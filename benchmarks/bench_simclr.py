@@ -48,10 +48,9 @@ def main() -> int:
         if args.quick:
             args.config, args.num_gpus = QUICK_CONFIG, 1
             env["DETECTRON2_DATASETS"] = os.path.join(tmp, "datasets")
-            cmd = [sys.executable, "-c", "import sys; from ssdet.data.mini_world import "
-                   "generate_mini_world as g; g(sys.argv[1], tiny=True, num_workers=1)",
-                   env["DETECTRON2_DATASETS"]]  # fmt: skip
-            subprocess.run(cmd, check=True, env=env)
+            from ssdet.data.mini_world import generate_mini_world
+
+            generate_mini_world(env["DETECTRON2_DATASETS"], tiny=True, num_workers=1)
         else:
             env.setdefault("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
         out = os.path.join(tmp, "run")

@@ -210,9 +210,7 @@ def linear_probe_top1(
         *train, num_classes, candidates, holdout_fraction, max_iter
     )
     probe = fit_linear_probe(*train, num_classes, weight_decay, max_iter)
-    with torch.no_grad():
-        train_top1 = 100.0 * (probe(train[0]).argmax(1) == train[1]).float().mean().item()
-        top1 = 100.0 * (probe(val[0]).argmax(1) == val[1]).float().mean().item()
+    train_top1, top1 = _top1(probe, *train), _top1(probe, *val)
     logger.info(
         f"Linear probe on {len(train[1])} train / {len(val[1])} val images: "
         f"top-1 {top1:.2f} (train {train_top1:.2f}), weight decay {weight_decay:g}"

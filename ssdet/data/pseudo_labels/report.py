@@ -181,9 +181,7 @@ def _ratio(numerator: int, denominator: int) -> float | None:
 
 
 def _true_positives(
-    boxes: np.ndarray,
     classes: np.ndarray,
-    gt_boxes: np.ndarray,
     gt_classes: np.ndarray,
     pair_boxes: np.ndarray,
     pair_gt: np.ndarray,
@@ -196,10 +194,10 @@ def _true_positives(
     match, so the greedy loop runs over them alone.
 
     Args:
-        boxes: float (D, 4) XYXY kept boxes, grouped by image and score-descending within one.
-        classes: int (D,) their classes.
-        gt_boxes: float (G, 4) XYXY objects.
-        gt_classes: int (G,) their classes in the teacher's ids, -1 for classes it does not know.
+        classes: int (D,) classes of the kept boxes, grouped by image and score-descending within
+            one.
+        gt_classes: int (G,) the objects' classes in the teacher's ids, -1 for classes it does not
+            know.
         pair_boxes, pair_gt: int (P,) every (box, object) pair of the same image.
         iou: float (P,) the IoU of each pair.
 
@@ -213,8 +211,8 @@ def _true_positives(
     # Box by box (indices run in score order within an image), each box's candidates by
     # descending IoU: the first object still unmatched is the one the box takes.
     order = np.lexsort((pair_gt, -iou, pair_boxes))
-    hits = np.zeros(len(boxes), dtype=bool)
-    matched = np.zeros(len(gt_boxes), dtype=bool)
+    hits = np.zeros(len(classes), dtype=bool)
+    matched = np.zeros(len(gt_classes), dtype=bool)
     for d, g in zip(pair_boxes[order].tolist(), pair_gt[order].tolist(), strict=True):
         if not hits[d] and not matched[g]:
             hits[d] = matched[g] = True
@@ -292,11 +290,11 @@ def _ground_truth_section(
     pair_boxes = np.repeat(np.arange(len(rows)), gt_counts[box_image])
     pair_gt = gather_ranges(gt_offsets[box_image], gt_counts[box_image])
     classes = store.classes[rows].astype(np.int64)
-    boxes = store.boxes[rows]
     iou = matched_pairwise_iou(
-        Boxes(torch.from_numpy(boxes[pair_boxes])), Boxes(torch.from_numpy(gt_boxes[pair_gt]))
+        Boxes(torch.from_numpy(store.boxes[rows][pair_boxes])),
+        Boxes(torch.from_numpy(gt_boxes[pair_gt])),
     ).numpy()
-    hits, matched = _true_positives(boxes, classes, gt_boxes, gt_classes, pair_boxes, pair_gt, iou)
+    hits, matched = _true_positives(classes, gt_classes, pair_boxes, pair_gt, iou)
 
     kept = np.bincount(classes, minlength=len(names))
     tp = np.bincount(classes[hits], minlength=len(names))
