@@ -63,6 +63,8 @@ def _buffers_worker(output_dir: str) -> None:
     model.running_mean.fill_(float(rank + 1))
     _use_main_process_buffers(model)
     torch.save(model.running_mean, os.path.join(output_dir, f"rank{rank}.pt"))
+    # Neither process exits while the other may still be in the broadcast: gloo aborts then.
+    comm.synchronize()
 
 
 def test_features_use_the_main_process_batchnorm_statistics(tmp_path):

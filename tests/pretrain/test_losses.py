@@ -94,6 +94,8 @@ def _distributed_worker(z1: torch.Tensor, z2: torch.Tensor, output_dir: str) -> 
         {"loss": loss.detach(), "grad_a": a.grad, "grad_b": b.grad, "local": local_only},
         os.path.join(output_dir, f"rank{rank}.pt"),
     )
+    # Neither process exits while the other may still be in a collective: gloo aborts then.
+    comm.synchronize()
 
 
 def test_negatives_gathered_across_processes_equal_one_big_batch(tmp_path):
